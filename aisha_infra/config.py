@@ -1,0 +1,25 @@
+"""Bridge between pyinfra's host data and our validated Settings."""
+
+from __future__ import annotations
+
+from pyinfra.api.exceptions import PyinfraError
+
+from aisha_infra.settings import Settings, SettingsError, build_settings
+
+
+def settings_for(host) -> Settings:
+    return build_settings(host.data.dict(), where=host.name)
+
+
+def validate_inventory(state) -> dict[str, Settings]:
+    """Validate every host's settings at once, before any operation is prepared
+    anywhere; raise one error that lists every bad key of every host."""
+    problems, settings = [], {}
+    for inventory_host in state.inventory:
+        try:
+            settings[inventory_host.name] = settings_for(inventory_host)
+        except SettingsError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise PyinfraError("\n".join(problems))
+    return settings

@@ -1,0 +1,63 @@
+"""Where inventory.py finds its hosts: a hosts file of yours, or the local lab."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+GROUPS = ("canary", "production")
+DEFAULT_LAB = "demo"
+
+# pyinfra SSH settings for throwaway lab hosts: their host keys change on every boot.
+LAB_SSH_DATA = {
+    "ssh_user": "root",
+    "ssh_known_hosts_file": "/dev/null",
+    "ssh_strict_host_key_checking": "off",
+}
+
+
+class InventoryError(RuntimeError):
+    pass
+
+
+def _lab_hosts_file(lab: str) -> Path:
+    root = Path(os.environ.get("AISHA_LAB_DIR", "/var/lib/aisha-lab"))
+    return root / lab / "hosts.json"
+
+
+def read_hosts_file(path: Path, lab: bool) -> dict[str, list]:
+    """Read a hosts file: a JSON list of {"name", "address"?, "groups", "data"?}
+    (the lab writes the same format, plus "ssh_key")."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InventoryError(f"cannot read hosts file {path}: {exc}") from exc
+    groups: dict[str, list] = {group: [] for group in GROUPS}
+    for entry in entries:
+        data = dict(LAB_SSH_DATA) if lab else {}
+        if entry.get("ssh_key"):
+            data["ssh_key"] = entry["ssh_key"]
+        data.update(entry.get("data", {}))
+        name = entry["name"]
+        if entry.get("address") and entry["address"] != name:
+            data.setdefault("ssh_hostname", entry["address"])
+        for group in entry.get("groups") or ["production"]:
+            groups.setdefault(group, []).append((name, data))
+    return groups
+
+
+def load_groups() -> dict[str, list]:
+    """Hosts by group. AISHA_HOSTS=path/to/hosts.json targets real servers;
+    otherwise the lab named by AISHA_LAB (default "demo")."""
+    if os.environ.get("AISHA_HOSTS"):
+        return read_hosts_file(Path(os.environ["AISHA_HOSTS"]), lab=False)
+    lab = os.environ.get("AISHA_LAB", DEFAULT_LAB)
+    path = _lab_hosts_file(lab)
+    if not path.exists():
+        raise InventoryError(
+            f"no hosts: the lab {lab!r} is not up ({path} is missing). "
+            f"Boot it with `aisha-infra lab up --name {lab}`, or point AISHA_HOSTS at a hosts file "
+            "for real servers (see README.md)."
+        )
+    return read_hosts_file(path, lab=True)

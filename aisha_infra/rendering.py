@@ -1,0 +1,118 @@
+"""Templates and the variables each one gets, in one place.
+
+The deploy (through files.template or our own operations) and the unit tests render
+with the same function, so what `nginx -t` checks in the tests is what the hosts get.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyinfra.api.util import get_template
+
+from aisha_infra.settings import PROJECT_ROOT, Settings
+
+TEMPLATE_DIR = PROJECT_ROOT / "templates"
+# Block tags do not leave blank lines behind (matters in systemd units).
+JINJA_OPTIONS = {"trim_blocks": True, "lstrip_blocks": True}
+MANAGED_BANNER = "Managed by aisha-infra (pyinfra); local changes are overwritten."
+
+# Where each rendered file lands on the host.
+SITE_NAME = "aisha-webhook"
+NGINX_SITE_PATH = f"/etc/nginx/sites-available/{SITE_NAME}.conf"
+NGINX_SITE_LINK = f"/etc/nginx/sites-enabled/{SITE_NAME}.conf"
+NGINX_CERT_SNIPPET_PATH = f"/etc/nginx/snippets/{SITE_NAME}-certificate.conf"
+SERVICE_UNIT_PATH = "/etc/systemd/system/aisha-api.service"
+SOCKET_UNIT_PATH = "/etc/systemd/system/aisha-api.socket"
+LOGROTATE_PATH = "/etc/logrotate.d/aisha"
+RENEWAL_HOOK_PATH = "/etc/letsencrypt/renewal-hooks/deploy/aisha-reload-nginx.sh"
+ACME_WEBROOT = "/var/www/aisha-acme"
+REMOTE_JWKS_NAME = "fal-jwks.json"
+
+
+def template_path(name: str) -> Path:
+    return TEMPLATE_DIR / name
+
+
+def render(name: str, context: dict) -> str:
+    template = get_template(str(template_path(name)), jinja_env_kwargs=dict(JINJA_OPTIONS))
+    return template.render(managed_banner=MANAGED_BANNER, **context)
+
+
+def site_context(s: Settings) -> dict:
+    return {
+        "domain": s.aisha_domain,
+        "server_names": s.letsencrypt_domains if s.tls_mode == "letsencrypt" else [s.aisha_domain],
+        "https_port": s.nginx_https_port,
+        "http_port": s.nginx_http_port,
+        "app_port": s.app_port,
+        "log_dir": s.aisha_log_dir,
+        "max_body_bytes": s.app_max_body_bytes,
+        "rate_limit_per_second": s.nginx_rate_limit_per_second,
+        "rate_limit_burst": s.nginx_rate_limit_burst,
+        "acme_webroot": ACME_WEBROOT,
+        "certificate_snippet": NGINX_CERT_SNIPPET_PATH,
+    }
+
+
+def certificate_snippet_context(certificate: str, certificate_key: str, source: str) -> dict:
+    return {"certificate": certificate, "certificate_key": certificate_key, "source": source}
+
+
+def app_environment(s: Settings) -> dict:
+    """Environment of aisha-api.service: the bundled app's knobs plus the user's own."""
+    env = {}
+    if s.uses_bundled_app:
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "AISHA_DATA_DIR": s.aisha_data_dir,
+                "AISHA_API_HOST": "127.0.0.1",
+                "AISHA_API_PORT": str(s.app_port),
+                "AISHA_MAX_BODY_BYTES": str(s.app_max_body_bytes),
+                "AISHA_FAL_VERIFY_SIGNATURES": "1" if s.fal_verify_signatures else "0",
+                "AISHA_FAL_JWKS_URL": s.fal_jwks_url,
+            }
+        )
+        if s.fal_jwks_file:
+            env["AISHA_FAL_JWKS_FILE"] = remote_jwks_path(s)
+    else:
+        env.update({"AISHA_API_HOST": "127.0.0.1", "AISHA_API_PORT": str(s.app_port)})
+    env.update({k: str(v) for k, v in (s.app_environment or {}).items()})
+    return env
+
+
+def remote_jwks_path(s: Settings) -> str:
+    # beside app/, not in it: the app upload deletes files it does not know
+    return f"{s.aisha_base_dir}/{REMOTE_JWKS_NAME}"
+
+
+def systemd_quote(value: str) -> str:
+    """Escape a value for Environment="NAME=value" (systemd expands % and backslashes)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+
+
+def service_context(s: Settings) -> dict:
+    # The bundled app needs no network of its own (systemd hands it the socket)
+    # unless it must fetch fal's JWKS from the internet.
+    fetches_jwks = s.fal_verify_signatures and not s.fal_jwks_file
+    return {
+        "user": s.aisha_user,
+        "app_dir": s.app_dir,
+        "command": s.app_command,
+        "environment": {name: systemd_quote(value) for name, value in app_environment(s).items()},
+        "state_directory": s.aisha_data_dir.removeprefix("/var/lib/"),
+        "private_network": s.uses_bundled_app and not fetches_jwks,
+    }
+
+
+def socket_context(s: Settings) -> dict:
+    return {"app_port": s.app_port}
+
+
+def logrotate_context(s: Settings) -> dict:
+    return {"log_dir": s.aisha_log_dir}
+
+
+def renewal_hook_context(s: Settings) -> dict:
+    return {}

@@ -1,0 +1,345 @@
+"""Every setting of the deploy: its default, what it is for, and its validation.
+
+Settings are ordinary pyinfra data: set them in group_data/all.py (or a group file,
+or per host in the inventory) and they override the defaults below. The deploy
+validates every host's settings before any operation is prepared, so a typo or a
+bad value stops the run with the key named and nothing touched.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_BACKEND = PROJECT_ROOT / "backend"
+
+LETSENCRYPT_SERVERS = {
+    "production": "https://acme-v02.api.letsencrypt.org/directory",
+    "staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+TLS_MODES = ("self-signed", "letsencrypt")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- identity -------------------------------------------------------------
+    # Public DNS name fal calls; the certificate and nginx server_name use it.
+    aisha_domain: str = ""
+    # System user and group that own and run the backend (no login shell).
+    aisha_user: str = "aisha"
+    # Backend home: app/, venv/, ssl/ live below it.
+    aisha_base_dir: str = "/opt/aisha-backend"
+    # nginx access log of the webhook site and other logs of ours.
+    aisha_log_dir: str = "/var/log/aisha"
+    # Where the app keeps its durable event store (systemd StateDirectory).
+    aisha_data_dir: str = "/var/lib/aisha"
+
+    # --- app --------------------------------------------------------------------
+    # Loopback port the app listens on (held by systemd socket activation).
+    app_port: int = 8000
+    # Local directory uploaded to <base>/app; None = the bundled reference API.
+    app_source: str | None = None
+    # Command systemd runs in <base>/app; None = the bundled API's command.
+    # For your own backend use absolute paths, e.g. "/opt/aisha-backend/venv/bin/gunicorn app:app".
+    app_start_command: str | None = None
+    # Extra environment variables for the app (name -> value).
+    app_environment: dict | None = None
+    # Largest webhook body accepted, in bytes (nginx answers 413 beyond, the app too).
+    app_max_body_bytes: int = 1024 * 1024
+
+    # --- fal webhook signatures ------------------------------------------------
+    # Verify X-Fal-Webhook-Signature (Ed25519) and reject unsigned deliveries with 401.
+    fal_verify_signatures: bool = False
+    # fal's published JWKS; the app fetches and caches it.
+    fal_jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+    # Local JWKS file uploaded instead of fetching the URL (also allows an offline app).
+    fal_jwks_file: str | None = None
+
+    # --- nginx -------------------------------------------------------------------
+    # HTTPS port fal calls.
+    nginx_https_port: int = 8443
+    # Plain HTTP port: ACME HTTP-01 challenges, everything else redirected to HTTPS.
+    nginx_http_port: int = 80
+    # Sustained requests per second per client address before 429.
+    nginx_rate_limit_per_second: int = 100
+    # Requests above the rate absorbed without delay before 429.
+    nginx_rate_limit_burst: int = 200
+
+    # --- TLS -----------------------------------------------------------------------
+    # "self-signed" (default, for labs and tests) or "letsencrypt" (real servers).
+    tls_mode: str = "self-signed"
+    # Validity of a generated self-signed certificate.
+    tls_selfsigned_days: int = 365
+    # Regenerate a self-signed certificate expiring within this many days.
+    tls_selfsigned_renew_days: int = 30
+    # Contact for Let's Encrypt expiry notices; required with tls_mode=letsencrypt.
+    letsencrypt_email: str | None = None
+    # "production", "staging" or any ACME directory URL (https).
+    letsencrypt_server: str = "production"
+    # Local PEM bundle certbot uses to trust a private ACME server (e.g. Pebble).
+    letsencrypt_ca_bundle: str | None = None
+    # More names on the same certificate (each needs DNS pointing at the host).
+    letsencrypt_extra_domains: tuple = ()
+    # Issuance failed: "degrade" keeps serving self-signed and reports it, "fail" stops.
+    letsencrypt_on_failure: str = "degrade"
+
+    # --- firewall --------------------------------------------------------------
+    # Manage ufw: allow SSH, HTTP and HTTPS only, deny everything else incoming.
+    firewall_enabled: bool = True
+    # Port sshd listens on; allowed before ufw is enabled so SSH is never cut.
+    ssh_port: int = 22
+
+    # --- end-of-run verification (from the control machine) -------------------
+    # Check HTTPS health and the webhook path at the end of the run.
+    verify_enabled: bool = True
+    # Address to connect to; None = the address pyinfra uses for the host.
+    verify_address: str | None = None
+    # PEM bundle to verify the served chain; None = the deployed self-signed certificate
+    # in self-signed mode, the system trust store in letsencrypt mode.
+    verify_ca_bundle: str | None = None
+
+    # --- derived values -----------------------------------------------------------
+    @property
+    def app_dir(self) -> str:
+        return f"{self.aisha_base_dir}/app"
+
+    @property
+    def venv_dir(self) -> str:
+        return f"{self.aisha_base_dir}/venv"
+
+    @property
+    def ssl_dir(self) -> str:
+        return f"{self.aisha_base_dir}/ssl"
+
+    @property
+    def selfsigned_key_path(self) -> str:
+        return f"{self.ssl_dir}/{self.aisha_domain}.key"
+
+    @property
+    def selfsigned_cert_path(self) -> str:
+        return f"{self.ssl_dir}/{self.aisha_domain.replace('.', '_')}.crt"
+
+    @property
+    def letsencrypt_domains(self) -> list[str]:
+        return [self.aisha_domain, *self.letsencrypt_extra_domains]
+
+    @property
+    def letsencrypt_directory_url(self) -> str:
+        return LETSENCRYPT_SERVERS.get(self.letsencrypt_server, self.letsencrypt_server)
+
+    @property
+    def letsencrypt_live_dir(self) -> str:
+        return f"/etc/letsencrypt/live/{self.aisha_domain}"
+
+    @property
+    def app_source_dir(self) -> Path:
+        return Path(self.app_source) if self.app_source else BUNDLED_BACKEND
+
+    @property
+    def uses_bundled_app(self) -> bool:
+        return self.app_source is None
+
+    @property
+    def app_command(self) -> str:
+        if self.app_start_command:
+            return self.app_start_command
+        return f"{self.venv_dir}/bin/python -m aisha_webhook_api serve"
+
+    @property
+    def webhook_url(self) -> str:
+        return f"https://{self.aisha_domain}:{self.nginx_https_port}/api/v1/avatar/status_update"
+
+
+SETTING_NAMES = tuple(f.name for f in fields(Settings))
+# Prefixes that mark a data key as ours, so a misspelt one is caught instead of ignored.
+OUR_PREFIXES = tuple(sorted({name.split("_", 1)[0] + "_" for name in SETTING_NAMES}))
+
+
+class SettingsError(ValueError):
+    """Bad configuration, found before any host is touched."""
+
+
+_DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _domain_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not value:
+        return "is required: the public DNS name fal will call, e.g. 'webhooks.example.com'"
+    if len(value) > 253:
+        return f"{value!r} is longer than 253 characters"
+    try:
+        ipaddress.ip_address(value)
+        return f"{value!r} is an IP address; certificates and SNI need a DNS name"
+    except ValueError:
+        pass
+    labels = value.split(".")
+    if len(labels) < 2:
+        return f"{value!r} is not a fully qualified name (it needs a dot, e.g. 'webhooks.example.com')"
+    for label in labels:
+        if not _DOMAIN_LABEL.match(label):
+            return (
+                f"{value!r} is not a valid DNS name (label {label!r}: use lower-case letters, "
+                "digits and inner hyphens, 1-63 characters)"
+            )
+    return None
+
+
+def _port_problem(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        return f"{value!r} is not a TCP port (an integer from 1 to 65535)"
+    return None
+
+
+def _positive_int_problem(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return f"{value!r} is not a positive integer"
+    return None
+
+
+def _bool_problem(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"{value!r} is not True or False"
+
+
+def _file_problem(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not Path(value).expanduser().is_file():
+        return f"{value!r} is not a file on the control machine"
+    return None
+
+
+def _abs_path_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.startswith("/") or value.rstrip("/") != value:
+        return f"{value!r} is not an absolute path without a trailing slash"
+    return None
+
+
+def _check_each(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """Problems with single values, as (key, message)."""
+    checks = {
+        "aisha_domain": _domain_problem,
+        "aisha_base_dir": _abs_path_problem,
+        "aisha_log_dir": _abs_path_problem,
+        "aisha_data_dir": _abs_path_problem,
+        "app_port": _port_problem,
+        "app_max_body_bytes": _positive_int_problem,
+        "fal_verify_signatures": _bool_problem,
+        "fal_jwks_file": _file_problem,
+        "nginx_https_port": _port_problem,
+        "nginx_http_port": _port_problem,
+        "nginx_rate_limit_per_second": _positive_int_problem,
+        "nginx_rate_limit_burst": _positive_int_problem,
+        "tls_selfsigned_days": _positive_int_problem,
+        "tls_selfsigned_renew_days": _positive_int_problem,
+        "letsencrypt_ca_bundle": _file_problem,
+        "firewall_enabled": _bool_problem,
+        "ssh_port": _port_problem,
+        "verify_enabled": _bool_problem,
+        "verify_ca_bundle": _file_problem,
+    }
+    problems = []
+    for key, check in checks.items():
+        message = check(values[key])
+        if message:
+            problems.append((key, message))
+
+    user = values["aisha_user"]
+    if not isinstance(user, str) or not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", user) or user == "root":
+        problems.append(("aisha_user", f"{user!r} is not a valid unprivileged user name"))
+    if values["tls_mode"] not in TLS_MODES:
+        problems.append(("tls_mode", f"{values['tls_mode']!r} is unknown; use one of {', '.join(TLS_MODES)}"))
+    if values["letsencrypt_on_failure"] not in ("degrade", "fail"):
+        problems.append(("letsencrypt_on_failure", f"{values['letsencrypt_on_failure']!r} is unknown; use 'degrade' or 'fail'"))
+    server = values["letsencrypt_server"]
+    if server not in LETSENCRYPT_SERVERS and not (isinstance(server, str) and server.startswith("https://")):
+        problems.append(("letsencrypt_server", f"{server!r} is neither 'production', 'staging' nor an https:// ACME directory URL"))
+    extra = values["letsencrypt_extra_domains"]
+    if not isinstance(extra, (list, tuple)):
+        problems.append(("letsencrypt_extra_domains", f"{extra!r} is not a list of DNS names"))
+    else:
+        for name in extra:
+            message = _domain_problem(name)
+            if message:
+                problems.append(("letsencrypt_extra_domains", message))
+    env = values["app_environment"]
+    if env is not None and (
+        not isinstance(env, dict) or not all(isinstance(k, str) and _ENV_NAME.match(k) for k in env)
+    ):
+        problems.append(("app_environment", f"{env!r} is not a mapping of environment variable names to values"))
+    if values["verify_address"] is not None:
+        try:
+            ipaddress.ip_address(values["verify_address"])
+        except ValueError:
+            if _domain_problem(values["verify_address"]):
+                problems.append(("verify_address", f"{values['verify_address']!r} is neither an IP address nor a DNS name"))
+    return problems
+
+
+def _check_together(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """Problems that only show when values are seen together."""
+    problems = []
+    ports = {key: values[key] for key in ("ssh_port", "nginx_http_port", "nginx_https_port", "app_port")}
+    seen: dict[Any, str] = {}
+    for key, port in ports.items():
+        if port in seen:
+            problems.append((key, f"{port} clashes with {seen[port]}; every port needs its own number"))
+        seen.setdefault(port, key)
+
+    if values["tls_mode"] == "letsencrypt":
+        email = values["letsencrypt_email"]
+        if not email:
+            problems.append(("letsencrypt_email", "is required with tls_mode='letsencrypt' (Let's Encrypt sends expiry notices there)"))
+        elif not isinstance(email, str) or not _EMAIL.match(email):
+            problems.append(("letsencrypt_email", f"{email!r} is not an e-mail address"))
+        if values["nginx_http_port"] != 80:
+            problems.append(("nginx_http_port", "must be 80 with tls_mode='letsencrypt': ACME HTTP-01 validation always connects to port 80"))
+
+    source = values["app_source"]
+    if source is not None:
+        if not isinstance(source, str) or not Path(source).expanduser().is_dir():
+            problems.append(("app_source", f"{source!r} is not a directory on the control machine"))
+        if not values["app_start_command"]:
+            problems.append(("app_start_command", "is required with app_source: say how systemd starts your backend"))
+    if values["fal_verify_signatures"] and not (values["fal_jwks_url"] or values["fal_jwks_file"]):
+        problems.append(("fal_jwks_url", "fal_verify_signatures needs fal_jwks_url or fal_jwks_file"))
+    return problems
+
+
+def unknown_keys(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Keys that look like ours (by prefix) but are not settings: almost always typos."""
+    problems = []
+    for key in data:
+        if key.startswith(OUR_PREFIXES) and key not in SETTING_NAMES:
+            close = difflib.get_close_matches(key, SETTING_NAMES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append((key, f"is not a setting of this deploy{hint}"))
+    return problems
+
+
+def build_settings(data: dict[str, Any], where: str = "") -> Settings:
+    """Validate `data` (pyinfra host data) and return the settings, or raise SettingsError
+    listing every problem with its key."""
+    values = {f.name: getattr(Settings, f.name) for f in fields(Settings)}
+    values.update({k: v for k, v in data.items() if k in SETTING_NAMES})
+    if isinstance(values["letsencrypt_extra_domains"], list):
+        values["letsencrypt_extra_domains"] = tuple(values["letsencrypt_extra_domains"])
+
+    problems = unknown_keys(data) + _check_each(values)
+    if not problems:
+        problems = _check_together(values)
+    if problems:
+        prefix = f"{where}: " if where else ""
+        lines = [f"  {key}: {message}" for key, message in problems]
+        raise SettingsError(
+            f"{prefix}invalid configuration; nothing was changed on any host.\n"
+            + "\n".join(lines)
+            + "\nSet these in group_data/all.py (or per host in the inventory)."
+        )
+    return Settings(**values)

@@ -1,0 +1,358 @@
+"""HTTP front of the service: health check and the fal webhook endpoint.
+
+A webhook is answered 2xx only after `EventStore.add` has committed it; any failure to
+store answers 503 so that fal delivers it again. On SIGTERM the server stops
+accepting, lets in-flight requests finish, then closes the database. With systemd
+socket activation the listening socket outlives the process, so connections made
+during a restart wait in its backlog instead of being refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import socketserver
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Mapping, MutableMapping
+from urllib.parse import urlsplit
+
+from aisha_webhook_api import SERVICE_NAME, __version__
+from aisha_webhook_api.config import ConfigError, Settings
+from aisha_webhook_api.store import Event, EventStore, StoreUnavailable, utc_now
+
+log = logging.getLogger(__name__)
+
+HEALTH_PATH = "/health"
+WEBHOOK_PATH = "/api/v1/avatar/status_update"
+ALLOWED_METHODS = {HEALTH_PATH: ("GET", "HEAD"), WEBHOOK_PATH: ("POST",)}
+HEALTHY = {"status": "healthy", "service": SERVICE_NAME}
+EVENT_STATUSES = ("OK", "ERROR")
+MAX_REQUEST_ID_LENGTH = 256
+# After answering 413 we read (and drop) up to this much of the refused body, so that
+# closing the connection does not reset it before the client has read the answer.
+MAX_DISCARDED_BYTES = 8 * 1024 * 1024
+SD_LISTEN_FDS_START = 3
+
+
+class BadRequest(ValueError):
+    """The delivery is not a fal webhook we can store (answer 400)."""
+
+
+def parse_event(body: bytes, *, fal_user_id: str | None) -> Event:
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("body is not valid UTF-8 JSON") from None
+    if not isinstance(document, dict):
+        raise BadRequest("body must be a JSON object")
+    request_id = document.get("request_id")
+    if (
+        not isinstance(request_id, str)
+        or not 0 < len(request_id) <= MAX_REQUEST_ID_LENGTH
+        or not request_id.isprintable()
+        or request_id.strip() != request_id
+    ):
+        raise BadRequest("request_id must be a non-empty printable string")
+    status = document.get("status")
+    if status not in EVENT_STATUSES:
+        raise BadRequest('status must be "OK" or "ERROR"')
+    gateway_request_id = document.get("gateway_request_id")
+    if gateway_request_id is not None and not isinstance(gateway_request_id, str):
+        raise BadRequest("gateway_request_id must be a string or null")
+    return Event(
+        request_id=request_id,
+        gateway_request_id=gateway_request_id,
+        status=status,
+        payload=_json_or_none(document.get("payload")),
+        error=_text_or_none(document.get("error")),
+        payload_error=_text_or_none(document.get("payload_error")),
+        fal_user_id=fal_user_id,
+        raw_body=body,
+        received_at=utc_now(),
+    )
+
+
+def _json_or_none(value) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _text_or_none(value) -> str | None:
+    return value if value is None or isinstance(value, str) else _json_or_none(value)
+
+
+class WebhookApp:
+    """What the service does, independent of HTTP plumbing."""
+
+    def __init__(self, settings: Settings, store: EventStore, verifier=None) -> None:
+        self.settings = settings
+        self.store = store
+        self.verifier = verifier  # a signature.SignatureVerifier, or None when disabled
+
+    @classmethod
+    def open(cls, settings: Settings) -> WebhookApp:
+        verifier = build_verifier(settings) if settings.verify_signatures else None
+        return cls(settings, EventStore(settings.database_path), verifier)
+
+    def health(self) -> tuple[int, dict]:
+        try:
+            self.store.check_writable()
+        except StoreUnavailable as exc:
+            log.error("health check failed: %s", exc)
+            return 503, {"status": "unhealthy", "service": SERVICE_NAME, "reason": str(exc)}
+        return 200, HEALTHY
+
+    def receive(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict, str]:
+        """Verify, validate and store one delivery: (HTTP status, JSON reply, log note)."""
+        fal_user_id = None
+        if self.verifier is not None:
+            from aisha_webhook_api.signature import InvalidSignature, KeysUnavailable
+
+            try:
+                fal_user_id = self.verifier.verify(headers, body)
+            except InvalidSignature as exc:
+                return 401, {"error": "invalid signature"}, f"rejected: {exc}"
+            except KeysUnavailable as exc:
+                log.error("cannot verify signatures: %s", exc)
+                return 503, {"error": "signature keys unavailable"}, "keys unavailable"
+        try:
+            event = parse_event(body, fal_user_id=fal_user_id)
+        except BadRequest as exc:
+            return 400, {"error": str(exc)}, f"rejected: {exc}"
+        try:
+            stored = self.store.add(event)
+        except StoreUnavailable as exc:
+            log.error("request_id=%s not stored: %s", event.request_id, exc)
+            return 503, {"error": "event store unavailable"}, f"NOT stored request_id={event.request_id}"
+        outcome = "stored" if stored else "duplicate"
+        note = f"{outcome} request_id={event.request_id} status={event.status}"
+        return 200, {outcome: True, "request_id": event.request_id}, note
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def build_verifier(settings: Settings):
+    """Signature checking, imported only when enabled (it needs `cryptography`)."""
+    from aisha_webhook_api.signature import JwksKeys, KeysUnavailable, SignatureVerifier
+
+    keys = JwksKeys(
+        url=settings.jwks_url, file=settings.jwks_file, cache_seconds=settings.jwks_cache_seconds
+    )
+    try:
+        keys.get()
+    except KeysUnavailable as exc:
+        if settings.jwks_file:
+            raise ConfigError(f"AISHA_FAL_JWKS_FILE: {exc}") from exc
+        # fal's endpoint may be briefly unreachable; webhooks get 503 (and are retried)
+        # until the keys load.
+        log.warning("%s; will retry on the next webhook", exc)
+    return SignatureVerifier(keys)
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    server_version = f"aisha-webhook-api/{__version__}"
+    sys_version = ""
+    # One request per connection: nothing idles in keep-alive, so shutdown only waits
+    # for requests actually in flight. nginx talks HTTP/1.0 to upstreams by default.
+    protocol_version = "HTTP/1.0"
+    server: WebhookServer
+
+    def setup(self) -> None:
+        self.timeout = self.server.app.settings.request_timeout
+        self._started = time.monotonic()
+        self._note = ""
+        super().setup()
+
+    def dispatch(self) -> None:
+        path = urlsplit(self.path).path
+        allowed = ALLOWED_METHODS.get(path)
+        try:
+            if allowed is None:
+                self.send_json(404, {"error": "not found"})
+            elif self.command not in allowed:
+                self.send_json(405, {"error": "method not allowed"}, {"Allow": ", ".join(allowed)})
+            elif path == HEALTH_PATH:
+                self.send_json(*self.server.app.health())
+            else:
+                self.handle_webhook()
+        except (ConnectionError, TimeoutError) as exc:
+            log.warning("%s %s: client connection lost: %s", self.command, self.path, exc)
+            self.close_connection = True
+        except Exception:
+            log.exception("%s %s failed", self.command, self.path)
+            self.send_json(500, {"error": "internal error"})
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = dispatch
+
+    def handle_webhook(self) -> None:
+        content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            self.send_json(415, {"error": "Content-Type must be application/json"})
+            return
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.send_json(411, {"error": "chunked bodies are not supported; send Content-Length"})
+            return
+        try:
+            length = int(self.headers["Content-Length"])
+        except (TypeError, ValueError):
+            self.send_json(411, {"error": "Content-Length required"})
+            return
+        limit = self.server.app.settings.max_body_bytes
+        if length < 0:
+            self.send_json(400, {"error": "invalid Content-Length"})
+            return
+        if length > limit:
+            self._note = f"body of {length} bytes refused"
+            self.send_json(413, {"error": f"body larger than {limit} bytes"})
+            self._discard(length)
+            return
+        body = self.rfile.read(length)
+        if len(body) != length:
+            raise ConnectionError(f"body ended after {len(body)} of {length} bytes")
+        status, reply, self._note = self.server.app.receive(self.headers, body)
+        self.send_json(status, reply)
+
+    def send_json(self, status: int, document: dict, headers: Mapping[str, str] = {}) -> None:
+        body = json.dumps(document, separators=(",", ":")).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self.wfile.flush()
+
+    def _discard(self, length: int) -> None:
+        self.close_connection = True
+        remaining = min(length, MAX_DISCARDED_BYTES)
+        self.connection.settimeout(2.0)
+        try:
+            while remaining > 0 and (chunk := self.rfile.read1(min(remaining, 65536))):
+                remaining -= len(chunk)
+        except OSError:
+            pass
+
+    def address_string(self) -> str:
+        # AF_UNIX peers (a socket unit with ListenStream=/run/...) have no address.
+        if isinstance(self.client_address, tuple) and self.client_address:
+            return str(self.client_address[0])
+        return "unix"
+
+    def log_request(self, code="-", size="-") -> None:
+        """The one log line of each request."""
+        elapsed_ms = (time.monotonic() - getattr(self, "_started", time.monotonic())) * 1000
+        forwarded = self.headers.get("X-Real-IP") if self.headers else None
+        client = f"{self.address_string()}" + (f" for={forwarded}" if forwarded else "")
+        status = code.value if hasattr(code, "value") else code
+        note = getattr(self, "_note", "")
+        log.info('%s "%s %s" %s %.1fms%s', client, self.command, self.path, status,
+                 elapsed_ms, f" {note}" if note else "")
+
+    def log_message(self, format: str, *args) -> None:
+        log.warning("%s %s", self.address_string(), format % args)
+
+
+class WebhookServer(ThreadingHTTPServer):
+    """Serves on an already listening socket (bound here or passed by systemd)."""
+
+    daemon_threads = False  # server_close() waits for requests in flight
+    block_on_close = True
+
+    def __init__(self, listener: socket.socket, app: WebhookApp) -> None:
+        socketserver.BaseServer.__init__(self, listener.getsockname(), RequestHandler)
+        self.socket = listener
+        self.address_family = listener.family
+        self.app = app
+
+
+def systemd_listener(environ: MutableMapping[str, str]) -> socket.socket | None:
+    """The socket systemd passed us (sd_listen_fds protocol), or None."""
+    if "LISTEN_FDS" not in environ or environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    count = environ["LISTEN_FDS"]
+    for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        environ.pop(name, None)  # not for our children
+    if count != "1":
+        raise ConfigError(f"LISTEN_FDS: the socket unit must pass exactly one socket, got {count!r}")
+    listener = socket.socket(fileno=SD_LISTEN_FDS_START)
+    listener.set_inheritable(False)
+    if listener.type != socket.SOCK_STREAM or not listener.getsockopt(
+        socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+    ):
+        raise ConfigError("LISTEN_FDS: fd 3 is not a listening stream socket "
+                          "(the socket unit needs ListenStream= and Accept=no)")
+    return listener
+
+
+def bound_listener(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    return socket.create_server((settings.host, settings.port), family=family, backlog=128)
+
+
+def describe(address) -> str:
+    if isinstance(address, tuple):
+        host, port = address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address) or "unnamed unix socket"
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd our state when run as Type=notify; a no-op otherwise."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.connect(address)
+            notify.sendall(state.encode())
+    except OSError as exc:
+        log.warning("sd_notify(%s) failed: %s", state, exc)
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT, then stop gracefully; the process's main loop."""
+    listener = systemd_listener(os.environ)
+    activation = "socket-activated" if listener else "bound"
+    app = WebhookApp.open(settings)
+    listener = listener or bound_listener(settings)
+    server = WebhookServer(listener, app)
+
+    stop = threading.Event()
+
+    def request_stop(signum, _frame) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    def accept_loop() -> None:
+        try:
+            server.serve_forever()
+        finally:
+            stop.set()
+
+    acceptor = threading.Thread(target=accept_loop, name="accept")
+    acceptor.start()
+    log.info("listening on %s (%s), events in %s, signature verification %s",
+             describe(server.server_address), activation, settings.database_path,
+             "on" if app.verifier else "off")
+    sd_notify("READY=1")
+    stop.wait()
+    sd_notify("STOPPING=1")
+    server.shutdown()  # stop accepting; queued connections stay in a systemd socket
+    acceptor.join()
+    server.server_close()  # close our listening fd, wait for requests in flight
+    app.close()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,29 @@
+"""Provision a fal.ai webhook host for the Aisha Bot: `pyinfra inventory.py deploy.py`.
+
+Order matters: the app runs before nginx proxies to it, the certificate exists
+before nginx references it, and the firewall opens SSH before it closes anything.
+"""
+
+from pyinfra import host, state
+
+from aisha_infra.config import validate_inventory
+from tasks.app import deploy_app
+from tasks.firewall import configure_firewall
+from tasks.nginx import configure_site
+from tasks.packages import install_packages
+from tasks.service_user import create_service_user
+from tasks.tls import ensure_certificates
+from tasks.verify import verify_endpoint
+
+# Every host's settings are checked before the first operation anywhere.
+settings = validate_inventory(state)[host.name]
+
+install_packages(settings)
+create_service_user(settings)
+deploy_app(settings)
+certificate_changes = ensure_certificates(settings)
+configure_site(settings, certificate_changes)
+if settings.firewall_enabled:
+    configure_firewall(settings)
+if settings.verify_enabled:
+    verify_endpoint(settings)

@@ -1,0 +1,92 @@
+from pyinfra.api import deploy
+from pyinfra.operations import files, pip, server, systemd
+from pyinfra.operations.util import any_changed
+
+from aisha_infra import rendering
+from aisha_infra.operations.app import requirements_installed
+from aisha_infra.settings import Settings
+
+
+@deploy("App")
+def deploy_app(settings: Settings):
+    source = settings.app_source_dir
+    app_code = files.sync(
+        name=f"Upload backend from {source.name}/ to {settings.app_dir}",
+        src=str(source),
+        dest=settings.app_dir,
+        user="root",
+        group="root",
+        mode="0644",
+        dir_mode="0755",
+        delete=True,
+        exclude=["*.pyc", "__pycache__", ".git", ".venv"],
+        exclude_dir=["__pycache__", ".git", ".venv", ".pytest_cache"],
+    )
+    uploads = [app_code]
+    if settings.fal_jwks_file:  # configuration, not a fact: fixed for the whole run
+        uploads.append(
+            files.put(
+                name="Upload fal's JWKS",
+                src=settings.fal_jwks_file,
+                dest=rendering.remote_jwks_path(settings),
+                user="root",
+                group="root",
+                mode="0644",
+            )
+        )
+    venv = pip.venv(
+        name=f"Create virtualenv {settings.venv_dir}",
+        path=settings.venv_dir,
+        python="python3",
+        site_packages=True,
+    )
+    requirements = requirements_installed(
+        name="Install the backend's requirements.txt",
+        venv=settings.venv_dir,
+        requirements=f"{settings.app_dir}/requirements.txt",
+    )
+
+    socket_unit = files.template(
+        name="Render aisha-api.socket",
+        src=str(rendering.template_path("systemd/aisha-api.socket.j2")),
+        dest=rendering.SOCKET_UNIT_PATH,
+        jinja_env_kwargs=dict(rendering.JINJA_OPTIONS),
+        managed_banner=rendering.MANAGED_BANNER,
+        **rendering.socket_context(settings),
+    )
+    service_unit = files.template(
+        name="Render aisha-api.service",
+        src=str(rendering.template_path("systemd/aisha-api.service.j2")),
+        dest=rendering.SERVICE_UNIT_PATH,
+        jinja_env_kwargs=dict(rendering.JINJA_OPTIONS),
+        managed_banner=rendering.MANAGED_BANNER,
+        **rendering.service_context(settings),
+    )
+    units_changed = any_changed(socket_unit, service_unit)
+    systemd.daemon_reload(name="Reload systemd units", _if=units_changed)
+
+    # A new port needs a new socket; the service holds the old one until it stops.
+    server.shell(
+        name="Move aisha-api to its new socket",
+        commands=["systemctl stop aisha-api.service aisha-api.socket"],
+        _if=socket_unit.did_change,
+    )
+    # restarted= only acts on a running service, so a fresh host starts it once, below.
+    systemd.service(
+        name="Restart aisha-api for the new code or unit",
+        service="aisha-api.service",
+        restarted=True,
+        _if=any_changed(*uploads, venv, requirements, service_unit),
+    )
+    systemd.service(
+        name="Listen on 127.0.0.1 (aisha-api.socket)",
+        service="aisha-api.socket",
+        running=True,
+        enabled=True,
+    )
+    systemd.service(
+        name="Run aisha-api.service",
+        service="aisha-api.service",
+        running=True,
+        enabled=True,
+    )

@@ -1,0 +1,55 @@
+from pyinfra.api import deploy
+from pyinfra.operations import files, systemd
+from pyinfra.operations.util import any_changed
+
+from aisha_infra import rendering
+from aisha_infra.operations.nginx import certificate_snippet, validated_config
+from aisha_infra.settings import Settings
+
+
+@deploy("Nginx")
+def configure_site(settings: Settings, certificate_changes: list):
+    files.directory(
+        name=f"ACME challenge webroot {rendering.ACME_WEBROOT}",
+        path=f"{rendering.ACME_WEBROOT}/.well-known/acme-challenge",
+        user="root",
+        group="root",
+        mode="0755",
+    )
+    # Its default_server on port 80 would clash with ours.
+    default_site = files.link(
+        name="Remove the distribution's default site",
+        path="/etc/nginx/sites-enabled/default",
+        present=False,
+    )
+    snippet = certificate_snippet(
+        name="Point the site at its certificate",
+        dest=rendering.NGINX_CERT_SNIPPET_PATH,
+        selfsigned_cert=settings.selfsigned_cert_path,
+        selfsigned_key=settings.selfsigned_key_path,
+        letsencrypt_live_dir=settings.letsencrypt_live_dir if settings.tls_mode == "letsencrypt" else None,
+        names=settings.letsencrypt_domains,
+    )
+    site = validated_config(
+        name=f"Render the webhook site (TLS on {settings.nginx_https_port}), live only if nginx -t passes",
+        template="nginx/aisha-webhook.conf.j2",
+        dest=rendering.NGINX_SITE_PATH,
+        context=rendering.site_context(settings),
+        enable_link=rendering.NGINX_SITE_LINK,
+    )
+    files.template(
+        name="Rotate the webhook logs",
+        src=str(rendering.template_path("logrotate/aisha.j2")),
+        dest=rendering.LOGROTATE_PATH,
+        jinja_env_kwargs=dict(rendering.JINJA_OPTIONS),
+        managed_banner=rendering.MANAGED_BANNER,
+        **rendering.logrotate_context(settings),
+    )
+    # reloaded= only acts on a running nginx; the next operation starts a stopped one.
+    systemd.service(
+        name="Reload nginx for the new configuration or certificate",
+        service="nginx.service",
+        reloaded=True,
+        _if=any_changed(default_site, snippet, site, *certificate_changes),
+    )
+    systemd.service(name="Run nginx", service="nginx.service", running=True, enabled=True)

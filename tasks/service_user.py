@@ -1,0 +1,33 @@
+from pyinfra.api import deploy
+from pyinfra.operations import files, server
+
+from aisha_infra.settings import Settings
+
+
+@deploy("Service user")
+def create_service_user(settings: Settings):
+    user = settings.aisha_user
+    server.group(name=f"Create system group {user}", group=user, system=True)
+    server.user(
+        name=f"Create system user {user} (no login shell)",
+        user=user,
+        group=user,
+        system=True,
+        shell="/usr/sbin/nologin",
+        home=settings.aisha_base_dir,
+        create_home=False,
+    )
+    # Code and venv are root's: the service can read but never rewrite itself.
+    for path in (settings.aisha_base_dir, settings.app_dir):
+        files.directory(name=f"Create {path}", path=path, user="root", group="root", mode="0755")
+    files.directory(
+        name=f"Create {settings.ssl_dir}", path=settings.ssl_dir, user=user, group=user, mode="0755"
+    )
+    # nginx (root) writes the logs; adm can read them, like /var/log/nginx.
+    files.directory(
+        name=f"Create {settings.aisha_log_dir}",
+        path=settings.aisha_log_dir,
+        user="root",
+        group="adm",
+        mode="0750",
+    )
