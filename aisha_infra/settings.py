@@ -157,7 +157,8 @@ class Settings:
 
 SETTING_NAMES = tuple(f.name for f in fields(Settings))
 # Prefixes that mark a data key as ours, so a misspelt one is caught instead of ignored.
-OUR_PREFIXES = tuple(sorted({name.split("_", 1)[0] + "_" for name in SETTING_NAMES}))
+# (ssh_ is pyinfra's own: ssh_user, ssh_key, ...)
+OUR_PREFIXES = ("aisha_", "app_", "fal_", "nginx_", "tls_", "letsencrypt_", "firewall_", "verify_")
 
 
 class SettingsError(ValueError):
@@ -249,6 +250,12 @@ def _check_each(values: dict[str, Any]) -> list[tuple[str, str]]:
         message = check(values[key])
         if message:
             problems.append((key, message))
+
+    if not str(values["aisha_data_dir"]).startswith("/var/lib/"):
+        problems.append(("aisha_data_dir", f"{values['aisha_data_dir']!r} must be below /var/lib/ (systemd's StateDirectory)"))
+    env_values = values["app_environment"] or {}
+    if isinstance(env_values, dict) and any("\n" in str(v) for v in env_values.values()):
+        problems.append(("app_environment", "values must be single lines"))
 
     user = values["aisha_user"]
     if not isinstance(user, str) or not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", user) or user == "root":
