@@ -1,7 +1,8 @@
 """Provision a fal.ai webhook host for the Aisha Bot: `pyinfra inventory.py deploy.py`.
 
-Order matters: the app runs before nginx proxies to it, the certificate exists
-before nginx references it, and the firewall opens SSH before it closes anything.
+Order matters: the app runs before nginx proxies to it, a certificate exists
+before nginx references it, the firewall opens SSH before it closes anything,
+and Let's Encrypt's HTTP-01 challenge needs nginx and port 80 up first.
 """
 
 from pyinfra import host, state
@@ -9,6 +10,7 @@ from pyinfra import host, state
 from aisha_infra.config import validate_inventory
 from tasks.app import deploy_app
 from tasks.firewall import configure_firewall
+from tasks.letsencrypt import obtain_certificate
 from tasks.nginx import configure_site
 from tasks.packages import install_packages
 from tasks.service_user import create_service_user
@@ -25,5 +27,7 @@ certificate_changes = ensure_certificates(settings)
 configure_site(settings, certificate_changes)
 if settings.firewall_enabled:
     configure_firewall(settings)
+if settings.tls_mode == "letsencrypt":
+    obtain_certificate(settings)
 if settings.verify_enabled:
     verify_endpoint(settings)

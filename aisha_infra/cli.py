@@ -11,6 +11,7 @@ COMMANDS = {
     "lab": "aisha_infra.lab",
     "diagnose": "aisha_infra.diagnose",
     "rollout": "aisha_infra.rollout",
+    "certs": "aisha_infra.certs",
 }
 
 

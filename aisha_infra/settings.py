@@ -85,6 +85,9 @@ class Settings:
     letsencrypt_ca_bundle: str | None = None
     # More names on the same certificate (each needs DNS pointing at the host).
     letsencrypt_extra_domains: tuple = ()
+    # tar.gz of /etc/letsencrypt from the host this one replaces (`aisha-infra certs export`):
+    # restored when the host has no certificate yet, so nothing is re-issued.
+    letsencrypt_restore_archive: str | None = None
     # Issuance failed: "degrade" keeps serving self-signed and reports it, "fail" stops.
     letsencrypt_on_failure: str = "degrade"
 
@@ -240,6 +243,7 @@ def _check_each(values: dict[str, Any]) -> list[tuple[str, str]]:
         "tls_selfsigned_days": _positive_int_problem,
         "tls_selfsigned_renew_days": _positive_int_problem,
         "letsencrypt_ca_bundle": _file_problem,
+        "letsencrypt_restore_archive": _file_problem,
         "firewall_enabled": _bool_problem,
         "ssh_port": _port_problem,
         "verify_enabled": _bool_problem,

@@ -1,0 +1,74 @@
+from pyinfra.api import deploy
+from pyinfra.operations import files, systemd
+
+from aisha_infra import rendering
+from aisha_infra.operations import letsencrypt
+from aisha_infra.operations.nginx import certificate_snippet
+from aisha_infra.settings import Settings
+
+REMOTE_ACME_CA = "/etc/letsencrypt/aisha-acme-ca.pem"
+
+
+@deploy("Let's Encrypt")
+def obtain_certificate(settings: Settings):
+    """Runs after nginx serves the ACME webroot on port 80 (with the self-signed
+    certificate on 8443), then switches the site to the issued certificate."""
+    ca_bundle = None
+    if settings.letsencrypt_ca_bundle:  # a private ACME server (Pebble, an internal CA)
+        ca_bundle = REMOTE_ACME_CA
+        files.put(
+            name="Trust the private ACME server",
+            src=settings.letsencrypt_ca_bundle,
+            dest=REMOTE_ACME_CA,
+            mode="0644",
+        )
+        dropin = files.template(
+            name="certbot.timer renewals trust it too",
+            src=str(rendering.template_path("systemd/certbot.service.d/aisha-acme-ca.conf.j2")),
+            dest=rendering.CERTBOT_DROPIN_PATH,
+            jinja_env_kwargs=dict(rendering.JINJA_OPTIONS),
+            managed_banner=rendering.MANAGED_BANNER,
+            ca_bundle=REMOTE_ACME_CA,
+        )
+        systemd.daemon_reload(name="Reload systemd units", _if=dropin.did_change)
+
+    if settings.letsencrypt_restore_archive:
+        letsencrypt.restore_archive(
+            name="Restore /etc/letsencrypt carried over from the previous host",
+            archive=settings.letsencrypt_restore_archive,
+            live_dir=settings.letsencrypt_live_dir,
+        )
+
+    files.template(
+        name="Renewal hook: nginx -t, then reload",
+        src=str(rendering.template_path("letsencrypt/aisha-reload-nginx.sh.j2")),
+        dest=rendering.RENEWAL_HOOK_PATH,
+        mode="0755",
+        jinja_env_kwargs=dict(rendering.JINJA_OPTIONS),
+        managed_banner=rendering.MANAGED_BANNER,
+        **rendering.renewal_hook_context(settings),
+    )
+    letsencrypt.certificate(
+        name=f"Certificate for {', '.join(settings.letsencrypt_domains)} (HTTP-01, webroot)",
+        names=settings.letsencrypt_domains,
+        email=settings.letsencrypt_email,
+        server=settings.letsencrypt_directory_url,
+        webroot=rendering.ACME_WEBROOT,
+        ca_bundle_remote=ca_bundle,
+        on_failure=settings.letsencrypt_on_failure,
+    )
+    snippet = certificate_snippet(
+        name="Serve the Let's Encrypt certificate once it exists",
+        dest=rendering.NGINX_CERT_SNIPPET_PATH,
+        selfsigned_cert=settings.selfsigned_cert_path,
+        selfsigned_key=settings.selfsigned_key_path,
+        letsencrypt_live_dir=settings.letsencrypt_live_dir,
+        names=settings.letsencrypt_domains,
+    )
+    systemd.service(
+        name="Reload nginx for the new certificate",
+        service="nginx.service",
+        reloaded=True,
+        _if=snippet.did_change,
+    )
+    systemd.service(name="Renew automatically (certbot.timer)", service="certbot.timer", running=True, enabled=True)
