@@ -33,11 +33,14 @@ def read_hosts_file(path: Path, lab: bool) -> dict[str, list]:
         entries = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise InventoryError(f"cannot read hosts file {path}: {exc}") from exc
+    if isinstance(entries, dict):  # the lab's file: {"lab": ..., "hosts": [...]}
+        entries = entries.get("hosts", [])
     groups: dict[str, list] = {group: [] for group in GROUPS}
     for entry in entries:
         data = dict(LAB_SSH_DATA) if lab else {}
-        if entry.get("ssh_key"):
-            data["ssh_key"] = entry["ssh_key"]
+        for key in ("ssh_key", "ssh_user"):
+            if entry.get(key):
+                data[key] = entry[key]
         data.update(entry.get("data", {}))
         name = entry["name"]
         if entry.get("address") and entry["address"] != name:

@@ -98,7 +98,7 @@ def service_context(s: Settings) -> dict:
     # unless it must fetch fal's JWKS from the internet.
     fetches_jwks = s.fal_verify_signatures and not s.fal_jwks_file
     return {
-        "user": s.aisha_user,
+        "service_user": s.aisha_user,
         "app_dir": s.app_dir,
         "command": s.app_command,
         "environment": {name: systemd_quote(value) for name, value in app_environment(s).items()},

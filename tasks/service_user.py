@@ -16,6 +16,7 @@ def create_service_user(settings: Settings):
         shell="/usr/sbin/nologin",
         home=settings.aisha_base_dir,
         create_home=False,
+        ensure_home=False,  # the directory below is root's, not the user's
     )
     # Code and venv are root's: the service can read but never rewrite itself.
     for path in (settings.aisha_base_dir, settings.app_dir):

@@ -64,3 +64,4 @@ def https_endpoint(
 
     logger.info(f"{host.print_prefix}FAL_WEBHOOK_URL={webhook_url}")
     host.noop(f"verified https://{domain}:{port}/health and the webhook path")
+    yield from ()  # an operation is a generator, even one that never changes anything
