@@ -90,7 +90,7 @@ def make_intermediate(issuer: Issued, common_name: str = "Aisha Test Intermediat
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(_ca_key_usage(), critical=True)
-        .add_extension(_authority_key_id(issuer), critical=False)
+        .add_extension(_authority_key_id(issuer.key), critical=False)
         .sign(issuer.key, hashes.SHA256())
     )
     return Issued(cert, key)
@@ -114,19 +114,22 @@ def make_leaf(
         .add_extension(_leaf_key_usage(), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(_general_names(names)), critical=False)
-        .add_extension(_authority_key_id(issuer), critical=False)
+        .add_extension(_authority_key_id(issuer.key), critical=False)
         .sign(issuer.key, hashes.SHA256())
     )
     return Issued(cert, key)
 
 
 def make_self_signed(names: list[str] = ("aibots.test",)) -> Issued:
-    """What the project's tls_mode=self-signed produces: one certificate, its own issuer."""
+    """What the project's tls_mode=self-signed makes (`openssl req -x509 -addext
+    subjectAltName=...`): one certificate, its own issuer, marked CA by openssl's defaults."""
     key = new_key()
-    name = _name(names[0])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
     cert = (
         _builder(name, name, key.public_key(), NOW - DAY, NOW + 365 * DAY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_authority_key_id(key), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(_general_names(names)), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -148,8 +151,8 @@ def _general_names(names) -> list[x509.GeneralName]:
     return general_names
 
 
-def _authority_key_id(issuer: Issued) -> x509.AuthorityKeyIdentifier:
-    return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key())
+def _authority_key_id(issuer_key: ec.EllipticCurvePrivateKey) -> x509.AuthorityKeyIdentifier:
+    return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key())
 
 
 def _ca_key_usage() -> x509.KeyUsage:
