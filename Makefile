@@ -24,13 +24,15 @@ host-tools:
 	fi
 
 # 1. Demo: boot one local Debian host, provision it, print health and the webhook URL.
+LAB ?= demo
+
 demo: venv host-tools
-	$(BIN)/aisha-infra lab up --name demo --count 1
-	AISHA_LAB=demo $(BIN)/pyinfra -y inventory.py deploy.py
+	$(BIN)/aisha-infra lab up --name $(LAB) --count 1
+	AISHA_LAB=$(LAB) $(BIN)/pyinfra -y inventory.py deploy.py
 	@echo "Lab host stays up: 'make demo-down' removes it."
 
 demo-down: venv
-	$(BIN)/aisha-infra lab down --name demo
+	$(BIN)/aisha-infra lab down --name $(LAB)
 
 # 2. Tests: unit tests, then end-to-end on lab hosts (what .ci/run runs).
 test: venv host-tools

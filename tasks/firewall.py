@@ -1,4 +1,5 @@
 from pyinfra.api import deploy
+from pyinfra.operations import systemd
 
 from aisha_infra.operations import ufw
 from aisha_infra.settings import Settings
@@ -17,3 +18,5 @@ def configure_firewall(settings: Settings):
     ufw.default_policy(name="Deny incoming by default", direction="incoming", policy="deny")
     ufw.default_policy(name="Allow outgoing by default", direction="outgoing", policy="allow")
     ufw.enabled(name="Enable ufw (now and at boot)", enabled=True)
+    # ufw.service loads the rules at boot; keep it enabled and marked active.
+    systemd.service(name="Load ufw at boot (ufw.service)", service="ufw.service", running=True, enabled=True)

@@ -1,0 +1,124 @@
+"""The deploy end to end on a fresh lab host: converge, converge again with zero
+changes, then look at the host from outside and inside like an operator would."""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+
+import pytest
+
+from aisha_infra import health
+from tests.e2e import client
+from tests.e2e.conftest import DOMAIN
+from tests.e2e.deploylib import copy_project, run_deploy
+
+pytestmark = pytest.mark.e2e
+SITE = "/etc/nginx/sites-available/aisha-webhook.conf"
+
+
+def tcp_open(address: str, port: int, timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def test_first_run_proves_health_and_prints_the_webhook_url(deployed_host):
+    output = deployed_host.first_run.output
+    assert "HTTPS health OK" in output
+    assert "Webhook POST OK" in output
+    assert f"FAL_WEBHOOK_URL=https://{DOMAIN}:8443/api/v1/avatar/status_update" in output
+    assert deployed_host.first_run.totals["changed"] > 10
+
+
+def test_second_run_changes_nothing(deployed_host):
+    run = run_deploy(deployed_host.hosts_file).check()
+    assert run.totals["changed"] == 0, f"changed on re-run: {run.changed_operations}"
+    assert "HTTPS health OK" in run.output  # still verified every time
+
+
+def test_services_running_and_enabled(deployed_host):
+    run = deployed_host.host.run
+    for unit in ("nginx.service", "aisha-api.socket", "aisha-api.service", "ufw.service", "certbot.timer"):
+        assert run(f"systemctl is-active {unit}").stdout.strip() == "active", unit
+    for unit in ("nginx.service", "aisha-api.socket", "aisha-api.service", "ufw.service"):
+        assert run(f"systemctl is-enabled {unit}").stdout.strip() == "enabled", unit
+    assert run("getent passwd aisha").stdout.strip().endswith(":/usr/sbin/nologin")
+
+
+def test_only_ssh_http_https_answer_from_outside(deployed_host):
+    address = deployed_host.address
+    assert tcp_open(address, 22) and tcp_open(address, 80) and tcp_open(address, 8443)
+    assert not tcp_open(address, 8000), "the app port must not be reachable from outside"
+    listeners = deployed_host.host.run("ss -Hltn 'sport = :8000'").stdout
+    assert "127.0.0.1:8000" in listeners and "0.0.0.0:8000" not in listeners and "*:8000" not in listeners
+
+
+def test_key_and_certificate_modes(deployed_host):
+    stat = deployed_host.host.run(
+        "stat -c '%a %U:%G %n' /opt/aisha-backend/ssl/aibots.test.key /opt/aisha-backend/ssl/aibots_test.crt"
+    ).stdout.split("\n")
+    assert stat[0] == "600 aisha:aisha /opt/aisha-backend/ssl/aibots.test.key"
+    assert stat[1] == "644 aisha:aisha /opt/aisha-backend/ssl/aibots_test.crt"
+    names = deployed_host.host.run("openssl x509 -in /opt/aisha-backend/ssl/aibots_test.crt -noout -ext subjectAltName -subject").stdout
+    assert f"DNS:{DOMAIN}" in names and f"CN = {DOMAIN}" in names
+
+
+def test_health_over_verified_https_from_the_control_machine(deployed_host):
+    ok, detail = health.check_https_health(deployed_host.address, DOMAIN, 8443, ca_bundle=str(deployed_host.cert_pem))
+    assert ok, detail
+    # and verification is really on: without trusting the certificate it fails
+    ok, detail = health.check_https_health(deployed_host.address, DOMAIN, 8443, ca_bundle=None)
+    assert not ok and "self-signed" in detail.lower()
+
+
+def test_webhook_post_is_stored(deployed_host):
+    request_id = f"e2e-{uuid.uuid4()}"
+    answer = client.post_json(deployed_host.address, DOMAIN, 8443, "/api/v1/avatar/status_update",
+                              client.fal_event(request_id), ca_bundle=str(deployed_host.cert_pem))
+    assert answer.status == 200, answer.data
+    events = deployed_host.host.run(
+        "cd /opt/aisha-backend/app && runuser -u aisha -- env AISHA_DATA_DIR=/var/lib/aisha "
+        "/opt/aisha-backend/venv/bin/python -m aisha_webhook_api events export --format jsonl"
+    ).stdout
+    stored = [json.loads(line) for line in events.splitlines() if request_id in line]
+    assert len(stored) == 1
+    log = deployed_host.host.run("tail -n 50 /var/log/aisha/webhook_access.log").stdout
+    assert "POST /api/v1/avatar/status_update" in log
+
+
+def test_broken_site_template_keeps_the_old_config_serving(deployed_host, tmp_path):
+    before = deployed_host.host.run(f"sha256sum {SITE}").stdout.split()[0]
+    project = copy_project(tmp_path / "project")
+    template = project / "templates/nginx/aisha-webhook.conf.j2"
+    template.write_text(template.read_text().replace("proxy_pass http://aisha_api;", "proxy_pass http://aisha_api", 1))
+
+    run = run_deploy(deployed_host.hosts_file, cwd=project)
+
+    assert run.returncode != 0
+    assert "nginx rejected the new /etc/nginx/sites-available/aisha-webhook.conf" in run.output
+    assert "[emerg]" in run.output and "test failed" in run.output  # nginx's own words
+    assert deployed_host.host.run(f"sha256sum {SITE}").stdout.split()[0] == before
+    assert deployed_host.host.run("nginx -t").returncode == 0
+    assert deployed_host.host.run("systemctl is-active nginx").stdout.strip() == "active"
+    ok, detail = health.check_https_health(deployed_host.address, DOMAIN, 8443, ca_bundle=str(deployed_host.cert_pem))
+    assert ok, detail
+
+
+def test_drift_is_repaired(deployed_host):
+    run = deployed_host.host.run
+    run("chmod 0644 /opt/aisha-backend/ssl/aibots.test.key && ufw allow 3306/tcp && "
+        "systemctl stop aisha-api.service && echo '# drift' >> /etc/nginx/sites-available/aisha-webhook.conf")
+    try:
+        deploy = run_deploy(deployed_host.hosts_file).check()
+        assert {"TLS | Private key is 0600 and the service user's",
+                "Firewall | Allow only SSH (22), HTTP (80) and HTTPS (8443)",
+                "App | Run aisha-api.service"} <= set(deploy.changed_operations)
+    finally:
+        assert run("stat -c %a /opt/aisha-backend/ssl/aibots.test.key").stdout.strip() == "600"
+    assert "3306" not in run("ufw show added").stdout
+    assert "# drift" not in run("cat /etc/nginx/sites-available/aisha-webhook.conf").stdout
+    assert run_deploy(deployed_host.hosts_file).check().totals["changed"] == 0
