@@ -1,10 +1,10 @@
 """The lab: disposable real Debian hosts (systemd-nspawn containers booting systemd) to deploy
 to and test against, on this machine.
 
-Each host is a copy of a cached debootstrap image (see lab_image.py), booted with
-`systemd-nspawn --network-veth`, reachable over SSH at 198.18.N.2 on its own /30 (this side is
-198.18.N.1), and able to reach the Debian mirror and PyPI through NAT, with their addresses in
-its /etc/hosts so that no DNS query ever leaves it.
+Each host is a copy-on-write copy (overlay) of a cached debootstrap image (see
+lab_image.py), booted with `systemd-nspawn --network-veth`, reachable over SSH at 198.18.N.2
+on its own /30 (this side is 198.18.N.1), and able to reach the Debian mirror and PyPI
+through NAT, with their addresses in its /etc/hosts so that no DNS query ever leaves it.
 
 Everything `up` creates is written to `<AISHA_LAB_DIR>/<lab>/state.json` *before* it is
 created, so `down` removes exactly that, even after a crash half-way through `up`.
@@ -112,7 +112,7 @@ class LabHost:
     ssh_key: Path  # private key accepted by root@address
     machine: str  # systemd-nspawn machine name
     pid: int | None  # the systemd-nspawn process
-    root: Path  # the host's rootfs copy
+    root: Path  # the host's rootfs: an overlay on the cached image
     lab: str = DEFAULT_LAB
     release: str = DEFAULT_RELEASE
     log: Path | None = None  # its console output (systemd-nspawn's stdout)
@@ -263,7 +263,9 @@ class Lab:
         _write_json(lab_hosts_file(self.name), self._inventory(state))
 
     def _inventory(self, state: dict) -> dict:
-        entries = sorted((e for e in state["hosts"] if e.get("ready")), key=lambda e: e["index"])
+        # state from before the "ready" flag holds only booted hosts
+        entries = sorted((e for e in state["hosts"] if e.get("ready", True)),
+                         key=lambda e: e["index"])
         return {"lab": self.name, "hosts": [
             {"name": e["name"], "address": e["address"], "ssh_key": str(self.ssh_key),
              "ssh_user": "root", "groups": ["canary" if i == 0 else "production"]}
@@ -377,6 +379,9 @@ class Lab:
     def _personalize_copy(self, entry: dict, etc_hosts_entries: list[tuple[str, str]]) -> None:
         root, name = Path(entry["root"]), entry["name"]
         write_file(root, "etc/hostname", f"{name}\n")
+        # its own machine id: with both files empty or absent, systemd makes one at boot
+        write_file(root, "etc/machine-id", "")
+        (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
         write_file(root, "etc/hosts", _etc_hosts(name, etc_hosts_entries))
         # no nameserver: names the host needs are in /etc/hosts, nothing else resolves
         write_file(root, "etc/resolv.conf", "")
@@ -502,7 +507,8 @@ class Lab:
                   f"create: {others}", file=sys.stderr)
 
     def _remove_host(self, state: dict, entry: dict) -> None:
-        host_dir = Path(entry["dir"])
+        # state written before copies became overlays has no "dir": the copy was the root
+        host_dir = Path(entry.get("dir") or entry["root"])
         if host_dir.resolve().parent != self.dir.resolve():
             raise LabError(f"refusing to remove {host_dir}: not a host of lab {self.name}")
         _stop_container(entry)
@@ -511,6 +517,7 @@ class Lab:
         _remove_host_side_address(entry)
         _remove_nspawn_leftovers(entry)
         remove_tree(host_dir)  # unmounts the overlay first
+        Path(entry["log"]).unlink(missing_ok=True)  # gone with host_dir, but in older state
         state["hosts"].remove(entry)
         self._save(state)
         _release_forwarding(self._forwarding_user(entry))
@@ -563,10 +570,9 @@ def _forward_chain_filters() -> bool:
 
 
 def _delete_rule(rule: dict) -> None:
+    """Delete the rule by its exact spec, if it is there (up may have crashed before adding)."""
     where = ["iptables", "-w", "-t", rule["table"]]
-    for _ in range(5):  # normally once; a rule added twice by hand is removed too
-        if run_command([*where, "-C", rule["chain"], *rule["spec"]], check=False).returncode:
-            return
+    if run_command([*where, "-C", rule["chain"], *rule["spec"]], check=False).returncode == 0:
         run_command([*where, "-D", rule["chain"], *rule["spec"]])
 
 
@@ -665,11 +671,16 @@ def _remove_nspawn_leftovers(entry: dict) -> None:
 
 
 def _terminate(pid: int, first_signal: int = signal.SIGTERM) -> None:
+    """Signal, wait (bounded), then SIGKILL. The signal is repeated every 2 s: nspawn passes
+    each SIGTERM on as a poweroff request, which a container still early in its boot drops."""
     for sig, wait_s in ((first_signal, STOP_TIMEOUT_S), (signal.SIGKILL, 5)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
         deadline = time.monotonic() + wait_s
+        next_signal = 0.0
         while time.monotonic() < deadline:
+            if time.monotonic() >= next_signal:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                next_signal = time.monotonic() + 2
             if _process_gone(pid):
                 return
             time.sleep(0.1)
@@ -840,7 +851,8 @@ def _cli_ssh(args: argparse.Namespace) -> int:
     wanted = args.host if not args.host.isdigit() else f"{args.name}-{args.host}"
     host = next((h for h in hosts if h.name == wanted), None)
     if host is None:
-        known = ", ".join(h.name for h in hosts) or "none: run `aisha-infra lab up`"
+        known = (", ".join(h.name for h in hosts)
+                 or f"none: run `aisha-infra lab up --name {args.name}`")
         raise LabError(f"lab {args.name} has no host {args.host!r} (hosts: {known})")
     command = " ".join(args.command) or None
     return subprocess.call(host.ssh_command(command, tty=command is None and sys.stdin.isatty()))

@@ -211,12 +211,11 @@ def ensure_image(release: str = DEFAULT_RELEASE) -> Path:
 
 
 def customize_image(root: Path, release: str, mirror: str, security_mirror: str) -> None:
-    """What every copy shares: full apt sources, no baked-in identity, no package cache."""
+    """What every copy shares: full apt sources, no SSH host keys, no package cache."""
     (root / "etc/apt/sources.list").unlink(missing_ok=True)
     write_file(root, "etc/apt/sources.list.d/debian.sources", apt_sources(
         release, mirror, security_mirror))
-    # each copy boots with its own machine id and gets its own SSH host key
-    write_file(root, "etc/machine-id", "")
+    # each copy gets its own SSH host key (and machine id) from the lab before it boots
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
     write_file(root, "etc/ssh/sshd_config.d/aisha-lab-hostkey.conf",
