@@ -99,18 +99,19 @@ def run_events(args: argparse.Namespace, settings: Settings) -> int:
     if not path.exists():
         log.error("no event database at %s (AISHA_DATA_DIR=%s)", path, settings.data_dir)
         return 1
+    # opened before dropping root, so root can still export into its own directories
+    output = open(args.output, "w", encoding="utf-8") if getattr(args, "output", None) else None
     _become_owner_of(path)
     store = EventStore(path, create=False)
     try:
         if args.events_command == "list":
             print_list(store.recent(args.limit, args.status), sys.stdout)
-        elif args.output:
-            with open(args.output, "w", encoding="utf-8") as output:
-                write_jsonl(store, output)
         else:
-            write_jsonl(store, sys.stdout)
+            write_jsonl(store, output or sys.stdout)
     finally:
         store.close()
+        if output:
+            output.close()
     return 0
 
 

@@ -6,9 +6,9 @@ The systemd unit sets these with Environment=; everything has a safe default.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlsplit
 
 DEFAULT_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
@@ -19,11 +19,11 @@ SETTINGS = {
     "AISHA_API_HOST": ("127.0.0.1", "address to bind when not socket-activated"),
     "AISHA_API_PORT": ("8000", "port to bind when not socket-activated"),
     "AISHA_MAX_BODY_BYTES": ("1048576", "largest accepted webhook body; larger gets 413"),
-    "AISHA_REQUEST_TIMEOUT": ("30", "seconds a client may take to send its request"),
+    "AISHA_REQUEST_TIMEOUT": ("10", "seconds a client may take to send its request"),
     "AISHA_FAL_VERIFY_SIGNATURES": ("0", "1 to require a valid fal signature (401 otherwise)"),
     "AISHA_FAL_JWKS_URL": (DEFAULT_JWKS_URL, "where fal publishes its webhook signing keys"),
     "AISHA_FAL_JWKS_FILE": ("", "local JWKS file used instead of the URL when set"),
-    "AISHA_FAL_JWKS_CACHE_SECONDS": ("86400", "how long fetched keys are trusted before refetching"),
+    "AISHA_FAL_JWKS_CACHE_SECONDS": ("86400", "how long fetched keys are used before refetching"),
 }
 
 _TRUE = {"1", "true", "yes", "on"}

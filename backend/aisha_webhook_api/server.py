@@ -17,8 +17,8 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Mapping, MutableMapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Mapping, MutableMapping
 from urllib.parse import urlsplit
 
 from aisha_webhook_api import SERVICE_NAME, __version__
@@ -127,7 +127,8 @@ class WebhookApp:
             stored = self.store.add(event)
         except StoreUnavailable as exc:
             log.error("request_id=%s not stored: %s", event.request_id, exc)
-            return 503, {"error": "event store unavailable"}, f"NOT stored request_id={event.request_id}"
+            note = f"NOT stored request_id={event.request_id}"
+            return 503, {"error": "event store unavailable"}, note
         outcome = "stored" if stored else "duplicate"
         note = f"{outcome} request_id={event.request_id} status={event.status}"
         return 200, {outcome: True, "request_id": event.request_id}, note
@@ -156,7 +157,6 @@ def build_verifier(settings: Settings):
 
 class RequestHandler(BaseHTTPRequestHandler):
     server_version = f"aisha-webhook-api/{__version__}"
-    sys_version = ""
     # One request per connection: nothing idles in keep-alive, so shutdown only waits
     # for requests actually in flight. nginx talks HTTP/1.0 to upstreams by default.
     protocol_version = "HTTP/1.0"
@@ -197,15 +197,18 @@ class RequestHandler(BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.send_json(411, {"error": "chunked bodies are not supported; send Content-Length"})
             return
-        try:
-            length = int(self.headers["Content-Length"])
-        except (TypeError, ValueError):
+        declared = self.headers.get("Content-Length")
+        if declared is None:
             self.send_json(411, {"error": "Content-Length required"})
             return
-        limit = self.server.app.settings.max_body_bytes
+        try:
+            length = int(declared)
+        except ValueError:
+            length = -1
         if length < 0:
             self.send_json(400, {"error": "invalid Content-Length"})
             return
+        limit = self.server.app.settings.max_body_bytes
         if length > limit:
             self._note = f"body of {length} bytes refused"
             self.send_json(413, {"error": f"body larger than {limit} bytes"})
@@ -240,6 +243,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def version_string(self) -> str:
+        return self.server_version
+
     def address_string(self) -> str:
         # AF_UNIX peers (a socket unit with ListenStream=/run/...) have no address.
         if isinstance(self.client_address, tuple) and self.client_address:
@@ -247,13 +253,14 @@ class RequestHandler(BaseHTTPRequestHandler):
         return "unix"
 
     def log_request(self, code="-", size="-") -> None:
-        """The one log line of each request."""
+        """The one log line of each request (also for requests http.server rejects itself)."""
         elapsed_ms = (time.monotonic() - getattr(self, "_started", time.monotonic())) * 1000
-        forwarded = self.headers.get("X-Real-IP") if self.headers else None
-        client = f"{self.address_string()}" + (f" for={forwarded}" if forwarded else "")
-        status = code.value if hasattr(code, "value") else code
+        headers = getattr(self, "headers", None)
+        forwarded = headers.get("X-Real-IP") if headers else None
+        client = self.address_string() + (f" for={forwarded}" if forwarded else "")
+        status = getattr(code, "value", code)
         note = getattr(self, "_note", "")
-        log.info('%s "%s %s" %s %.1fms%s', client, self.command, self.path, status,
+        log.info('%s "%s" %s %.1fms%s', client, getattr(self, "requestline", ""), status,
                  elapsed_ms, f" {note}" if note else "")
 
     def log_message(self, format: str, *args) -> None:
@@ -281,7 +288,7 @@ def systemd_listener(environ: MutableMapping[str, str]) -> socket.socket | None:
     for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
         environ.pop(name, None)  # not for our children
     if count != "1":
-        raise ConfigError(f"LISTEN_FDS: the socket unit must pass exactly one socket, got {count!r}")
+        raise ConfigError(f"LISTEN_FDS: the socket unit must pass one socket, got {count!r}")
     listener = socket.socket(fileno=SD_LISTEN_FDS_START)
     listener.set_inheritable(False)
     if listener.type != socket.SOCK_STREAM or not listener.getsockopt(
@@ -319,39 +326,33 @@ def sd_notify(state: str) -> None:
         log.warning("sd_notify(%s) failed: %s", state, exc)
 
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, then stop gracefully; the process's main loop."""
+    # Block the stop signals before any thread exists, so every thread inherits the
+    # mask and only the waiter below receives them. (A Python signal handler may never
+    # run while the main thread blocks and the kernel picks another thread.)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     listener = systemd_listener(os.environ)
     activation = "socket-activated" if listener else "bound"
     app = WebhookApp.open(settings)
     listener = listener or bound_listener(settings)
     server = WebhookServer(listener, app)
 
-    stop = threading.Event()
-
-    def request_stop(signum, _frame) -> None:
+    def stop_on_signal() -> None:
+        signum = signal.sigwait(STOP_SIGNALS)
         log.info("received %s, shutting down", signal.Signals(signum).name)
-        stop.set()
+        sd_notify("STOPPING=1")
+        server.shutdown()  # serve_forever returns; new connections wait in a systemd socket
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-
-    def accept_loop() -> None:
-        try:
-            server.serve_forever()
-        finally:
-            stop.set()
-
-    acceptor = threading.Thread(target=accept_loop, name="accept")
-    acceptor.start()
+    threading.Thread(target=stop_on_signal, name="stop-signal", daemon=True).start()
     log.info("listening on %s (%s), events in %s, signature verification %s",
              describe(server.server_address), activation, settings.database_path,
              "on" if app.verifier else "off")
     sd_notify("READY=1")
-    stop.wait()
-    sd_notify("STOPPING=1")
-    server.shutdown()  # stop accepting; queued connections stay in a systemd socket
-    acceptor.join()
+    server.serve_forever()
     server.server_close()  # close our listening fd, wait for requests in flight
     app.close()
     log.info("stopped")

@@ -23,8 +23,8 @@ import logging
 import threading
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,12 @@ class JwksKeys:
     def __init__(
         self, *, url: str, file: Path | None, cache_seconds: int,
         min_refresh_interval: float = MIN_REFRESH_INTERVAL_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = str(file) if file else url
         self._url = url
         self._file = file
         self._cache_seconds = cache_seconds
         self._min_refresh_interval = min_refresh_interval
-        self._clock = clock
         self._lock = threading.Lock()
         self._keys: list = []
         self._loaded_at: float | None = None
@@ -110,7 +108,7 @@ class JwksKeys:
         return document
 
     def _refresh(self) -> None:
-        self._attempted_at = self._clock()
+        self._attempted_at = time.monotonic()
         try:
             keys = parse_jwks(self._read())
         except (OSError, http.client.HTTPException, KeysUnavailable) as exc:
@@ -119,12 +117,12 @@ class JwksKeys:
             log.warning("keeping %d cached fal keys: refresh from %s failed: %s",
                         len(self._keys), self.source, exc)
             return
-        self._keys, self._loaded_at = keys, self._clock()
+        self._keys, self._loaded_at = keys, time.monotonic()
         log.info("loaded %d fal signing keys from %s", len(keys), self.source)
 
     def get(self) -> list:
         with self._lock:
-            now = self._clock()
+            now = time.monotonic()
             expired = self._loaded_at is None or now - self._loaded_at >= self._cache_seconds
             if expired and self._may_refresh(now):
                 self._refresh()
@@ -138,7 +136,7 @@ class JwksKeys:
         True if fresh keys were loaded and are worth trying.
         """
         with self._lock:
-            if not self._may_refresh(self._clock()):
+            if not self._may_refresh(time.monotonic()):
                 return False
             before = self._keys
             self._refresh()
@@ -149,12 +147,11 @@ class JwksKeys:
 
 
 class SignatureVerifier:
-    def __init__(self, keys: JwksKeys, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, keys: JwksKeys) -> None:
         from cryptography.exceptions import InvalidSignature as CryptoInvalidSignature
 
         self._crypto_invalid = CryptoInvalidSignature
         self.keys = keys
-        self._clock = clock
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> str:
         """Return the fal user id of a correctly signed delivery, else raise InvalidSignature."""
@@ -166,9 +163,9 @@ class SignatureVerifier:
             values[name] = value.strip()
         timestamp = values[HEADER_TIMESTAMP]
         try:
-            skew = abs(self._clock() - int(timestamp))
+            skew = abs(time.time() - int(timestamp))
         except ValueError:
-            raise InvalidSignature(f"{HEADER_TIMESTAMP} is not a unix time: {timestamp!r}") from None
+            raise InvalidSignature(f"{HEADER_TIMESTAMP} is not unix time: {timestamp!r}") from None
         if skew > TIMESTAMP_TOLERANCE_SECONDS:
             raise InvalidSignature(f"timestamp {timestamp} is {skew:.0f}s away from now")
         try:

@@ -11,16 +11,16 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 SCHEMA_VERSION = 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
-    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                 INTEGER PRIMARY KEY,
     request_id         TEXT    NOT NULL UNIQUE,
     gateway_request_id TEXT,
     status             TEXT    NOT NULL CHECK (status IN ('OK', 'ERROR')),
@@ -100,7 +100,9 @@ class EventStore:
                 f"{self.path}: schema version {version} is newer than this code ({SCHEMA_VERSION})"
             )
         if version < SCHEMA_VERSION:
-            self._conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+            self._conn.executescript(
+                f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+            )
 
     def _check_file(self) -> None:
         if _file_identity(self.path) != self._identity:
