@@ -19,4 +19,5 @@ def verify_endpoint(settings: Settings):
         webhook_url=settings.webhook_url,
         ca_bundle=settings.verify_ca_bundle,
         pinned_cert=pinned,
+        fallback_cert=settings.selfsigned_cert_path if settings.tls_mode == "letsencrypt" else None,
     )

@@ -22,16 +22,18 @@ ISSUANCE_FAILURES: dict[str, str] = {}
 
 # certbot/ACME error text -> what it means and what to do, in plain words.
 FAILURE_EXPLANATIONS = [
-    (("NXDOMAIN", "DNS problem", "no valid A records"),
-     "DNS for {names} does not point at this server: create an A (and AAAA) record for each name with this host's public address, wait for it to propagate, then re-run."),
+    # certbot could not even ask: checked first, its errors also say "Connection refused"
+    (("Requesting ", "Failed to establish a new connection", "Max retries exceeded", "Name or service not known",
+      "certificate verify failed", "SSLError"),
+     "certbot could not talk to the ACME server {server}: check outbound HTTPS from the host (and letsencrypt_ca_bundle for a private ACME server)."),
     (("rateLimited", "too many certificates", "too many failed authorizations"),
      "Let's Encrypt's rate limit was hit (at most 5 identical certificates a week): keep /etc/letsencrypt when rebuilding (see README: carry certificates over), or use letsencrypt_server='staging' while testing."),
+    (("NXDOMAIN", "DNS problem", "no valid A records"),
+     "DNS for {names} does not point at this server: create an A (and AAAA) record for each name with this host's public address, wait for it to propagate, then re-run."),
     (("Connection refused", "Timeout during connect", "Fetching http", "connection reset"),
      "the ACME server could not reach http://{first}/.well-known/acme-challenge/ on port 80: open port 80 in every firewall in front of the host (cloud security group included) and make sure the name resolves to this host."),
     (("unauthorized", "Invalid response from"),
      "the ACME server reached a different answer for the challenge: another server (or a proxy/CDN) answers for {first}; point DNS straight at this host."),
-    (("Failed to establish a new connection", "Max retries exceeded", "Name or service not known", "certificate verify failed", "SSLError"),
-     "certbot could not talk to the ACME server {server}: check outbound HTTPS from the host (and letsencrypt_ca_bundle for a private ACME server)."),
 ]
 
 

@@ -7,14 +7,51 @@ the host with a message that says what failed and how to fix it.
 
 from __future__ import annotations
 
+import datetime
 import tempfile
+import time
 
 from pyinfra import host, logger
 from pyinfra.api import operation
 from pyinfra.api.exceptions import OperationError
 from pyinfra.facts.files import FileContents
 
-from aisha_infra import health
+from aisha_infra import health, tlscheck
+from aisha_infra.operations.letsencrypt import ISSUANCE_FAILURES
+
+EXPIRY_WARNING_DAYS = 21
+# `systemctl reload nginx` returns before old workers hand over: allow them this long.
+SETTLE_SECONDS, SETTLE_INTERVAL = 10.0, 0.5
+
+
+def _settled_health(address: str, domain: str, port: int, trust: str | None) -> tuple[bool, str]:
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        ok, detail = health.check_https_health(address, domain, port=port, ca_bundle=trust)
+        if ok or time.monotonic() >= deadline:
+            return ok, detail
+        time.sleep(SETTLE_INTERVAL)
+
+
+def _fetch_certificate(path: str) -> str:
+    """Copy a certificate from the host to a temporary file here, to trust exactly it."""
+    lines = host.get_fact(FileContents, path=path)
+    if not lines:
+        raise OperationError(f"cannot verify TLS: {path} is missing on the host")
+    with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False, prefix="aisha-cert-") as pem:
+        pem.write("\n".join(lines) + "\n")
+    return pem.name
+
+
+def _report_certificate(address: str, domain: str, port: int) -> None:
+    served = tlscheck.fetch_served_chain(address, port, domain)
+    if not served.certs:
+        return
+    leaf = served.certs[0]
+    days = (leaf.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)).days
+    line = (f"{host.print_prefix}Certificate: issuer {leaf.issuer.rfc4514_string()}, "
+            f"{len(served.certs)} certificate(s) sent, expires in {days} days")
+    (logger.warning if days < EXPIRY_WARNING_DAYS else logger.info)(line)
 
 
 @operation(is_idempotent=True)
@@ -25,6 +62,7 @@ def https_endpoint(
     webhook_url: str,
     ca_bundle: str | None = None,
     pinned_cert: str | None = None,
+    fallback_cert: str | None = None,
     check_webhook: bool = True,
 ):
     """
@@ -37,21 +75,23 @@ def https_endpoint(
     + webhook_url: printed for the operator to configure at fal
     + ca_bundle: PEM file on the control machine to trust (None: system trust store)
     + pinned_cert: certificate path on the host to fetch and trust (self-signed mode)
+    + fallback_cert: self-signed certificate on the host that may be served instead
+      when Let's Encrypt issuance failed this run (the degraded state)
     + check_webhook: also POST a test event to the webhook path
     """
     if not host.state.is_executing:
         return  # change detection: nothing is deployed yet, so nothing to prove
 
-    trust = ca_bundle
-    if pinned_cert:
-        lines = host.get_fact(FileContents, path=pinned_cert)
-        if not lines:
-            raise OperationError(f"cannot verify TLS: {pinned_cert} is missing on the host")
-        with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False, prefix="aisha-cert-") as pem:
-            pem.write("\n".join(lines) + "\n")
-        trust = pem.name
+    trust = _fetch_certificate(pinned_cert) if pinned_cert else ca_bundle
+    ok, detail = _settled_health(address, domain, port, trust)
 
-    ok, detail = health.check_https_health(address, domain, port=port, ca_bundle=trust)
+    degraded = None
+    if not ok and fallback_cert and host.name in ISSUANCE_FAILURES:
+        fallback = _fetch_certificate(fallback_cert)
+        if health.check_https_health(address, domain, port=port, ca_bundle=fallback)[0]:
+            degraded, trust = ISSUANCE_FAILURES[host.name], fallback
+            ok, detail = health.check_https_health(address, domain, port=port, ca_bundle=trust)
+
     if not ok:
         raise OperationError(f"HTTPS health check failed for https://{domain}:{port}/health via {address}: {detail}")
     logger.info(f"{host.print_prefix}HTTPS health OK: {detail}")
@@ -62,6 +102,14 @@ def https_endpoint(
             raise OperationError(f"webhook POST check failed via {address}: {detail}")
         logger.info(f"{host.print_prefix}Webhook POST OK: {detail}")
 
+    _report_certificate(address, domain, port)
+    if degraded:
+        logger.warning(
+            f"{host.print_prefix}TLS state: DEGRADED - serving the self-signed certificate, "
+            f"which fal will not trust, because Let's Encrypt issuance failed: {degraded}"
+        )
+    else:
+        logger.info(f"{host.print_prefix}TLS state: OK")
     logger.info(f"{host.print_prefix}FAL_WEBHOOK_URL={webhook_url}")
     host.noop(f"verified https://{domain}:{port}/health and the webhook path")
     yield from ()  # an operation is a generator, even one that never changes anything

@@ -1,0 +1,140 @@
+"""tls_mode = "letsencrypt" end to end against Pebble, Let's Encrypt's own test ACME
+server: real HTTP-01 validation over the lab host's nginx, renewal, the degraded
+state when the ACME server fails, and carrying certificates to a replacement host."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from aisha_infra import health
+from tests.e2e.conftest import DOMAIN
+from tests.e2e.deploylib import run_deploy, write_hosts_file
+from tests.e2e.pebble import ACME_NAME, Pebble
+
+pytestmark = pytest.mark.e2e
+AISHA_INFRA = str(Path(sys.executable).with_name("aisha-infra"))
+
+
+def served_certificate(address: str) -> x509.Certificate:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    import socket
+    with socket.create_connection((address, 8443), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=DOMAIN) as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+class Scenario:
+    """One lab host, one Pebble beside it, and the settings that point them at each other."""
+
+    def __init__(self, host, workdir: Path):
+        self.host, self.workdir = host, workdir
+        self.pebble = Pebble(workdir / "pebble", listen=host.gateway, target=host.address)
+        self.root = workdir / "pebble-root.pem"
+        self.root.write_text("")  # filled once Pebble runs (its root is new at every start)
+        host.run(f"echo '{host.gateway} {ACME_NAME}' >> /etc/hosts")
+
+    def settings(self, **overrides) -> dict:
+        return {"tls_mode": "letsencrypt", "letsencrypt_email": "ops@aibots.test",
+                "letsencrypt_server": self.pebble.directory_url,
+                "letsencrypt_ca_bundle": str(self.pebble.acme_ca),
+                "verify_ca_bundle": str(self.root), **overrides}
+
+    def deploy(self, **overrides):
+        hosts_file = write_hosts_file(self.workdir / "hosts.json", [self.host], data=self.settings(**overrides))
+        return run_deploy(hosts_file)
+
+    def start_pebble(self) -> None:
+        self.pebble.start()
+        self.root.write_text(self.pebble.root_pem())
+
+
+@pytest.fixture(scope="module")
+def scenario(lab, tmp_path_factory):
+    host = lab.add_hosts(count=1)[0]
+    scenario = Scenario(host, tmp_path_factory.mktemp("letsencrypt"))
+    try:
+        yield scenario
+    finally:
+        scenario.pebble.stop()
+        lab.destroy_host(host.name)
+
+
+def test_unreachable_acme_server_degrades_to_self_signed(scenario):
+    run = scenario.deploy()  # Pebble is not running yet
+    assert run.returncode == 0, run.output[-4000:]
+    assert "Let's Encrypt issuance failed for aibots.test" in run.output
+    assert "certbot could not talk to the ACME server" in run.output
+    assert "TLS state: DEGRADED" in run.output
+    served = served_certificate(scenario.host.address)
+    assert served.issuer == served.subject  # still the self-signed certificate
+    assert scenario.host.run("nginx -t").returncode == 0
+
+    strict = scenario.deploy(letsencrypt_on_failure="fail")
+    assert strict.returncode != 0
+    assert "certbot could not talk to the ACME server" in strict.output
+
+
+def test_issues_by_http01_and_serves_the_chain(scenario):
+    scenario.start_pebble()
+    run = scenario.deploy().check()
+    assert "Let's Encrypt issued a certificate for aibots.test" in run.output
+    assert "TLS state: OK" in run.output and "DEGRADED" not in run.output
+    assert "Certificate: issuer CN=Pebble Intermediate" in run.output
+    # verified from here against Pebble's root, through the intermediate nginx sends
+    ok, detail = health.check_https_health(scenario.host.address, DOMAIN, 8443, ca_bundle=str(scenario.root))
+    assert ok, detail
+    snippet = scenario.host.run("cat /etc/nginx/snippets/aisha-webhook-certificate.conf").stdout
+    assert f"ssl_certificate /etc/letsencrypt/live/{DOMAIN}/fullchain.pem;" in snippet
+    assert "validation" in Path(scenario.pebble.workdir / "pebble.log").read_text().lower()
+
+
+def test_second_run_issues_nothing(scenario):
+    before = served_certificate(scenario.host.address).serial_number
+    run = scenario.deploy().check()
+    assert run.totals["changed"] == 0, run.changed_operations
+    assert served_certificate(scenario.host.address).serial_number == before
+
+
+def test_forced_renewal_is_served_without_another_step(scenario):
+    before = served_certificate(scenario.host.address).serial_number
+    scenario.host.run("REQUESTS_CA_BUNDLE=/etc/letsencrypt/aisha-acme-ca.pem certbot renew --force-renewal --no-random-sleep-on-renew -q")
+    deadline = time.monotonic() + 10  # old nginx workers finish their connections first
+    while served_certificate(scenario.host.address).serial_number == before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    after = served_certificate(scenario.host.address)
+    assert after.serial_number != before, "nginx still serves the old certificate: the deploy hook did not reload it"
+    assert scenario.host.run("systemctl is-enabled certbot.timer").stdout.strip() == "enabled"
+
+
+def test_carry_over_serves_the_same_certificate_without_the_acme_server(scenario, lab, tmp_path):
+    archive = tmp_path / "letsencrypt.tar.gz"
+    export = subprocess.run([AISHA_INFRA, "certs", "export", scenario.host.address, "--out", str(archive),
+                             "--ssh-key", str(scenario.host.ssh_key)], capture_output=True, text=True, timeout=120)
+    assert export.returncode == 0, export.stderr
+    assert stat.S_IMODE(os.stat(archive).st_mode) == 0o600
+    serial = served_certificate(scenario.host.address).serial_number
+    scenario.pebble.stop()  # the replacement must not need it
+
+    replacement = lab.add_hosts(count=1)[0]
+    try:
+        data = {**scenario.settings(), "letsencrypt_restore_archive": str(archive)}
+        hosts_file = write_hosts_file(tmp_path / "hosts.json", [replacement], data=data)
+        run = run_deploy(hosts_file).check()
+        assert "requesting a certificate" not in run.output and "TLS state: OK" in run.output
+        assert served_certificate(replacement.address).serial_number == serial
+        modes = replacement.run("stat -c '%a %U' /etc/letsencrypt/archive/aibots.test/privkey*.pem").stdout.strip().splitlines()
+        assert all(line.startswith("600 root") for line in modes), modes
+        assert run_deploy(hosts_file).check().totals["changed"] == 0
+    finally:
+        lab.destroy_host(replacement.name)
