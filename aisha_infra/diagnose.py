@@ -186,18 +186,26 @@ def check_dns(domain: str, address: str | None, resolve: Resolver = resolve_addr
             )
         ], [domain]
     where = f" pointing at {address}" if address else ""
-    try:
-        addresses = resolve(domain)
-    except OSError as exc:
-        reserved = next((s for s in RESERVED_SUFFIXES if domain.lower().rstrip(".").endswith(s)), None)
-        message = f"{domain} does not resolve ({getattr(exc, 'strerror', None) or exc}); fal needs a public DNS A record{where}."
-        if reserved:
-            message += f" '{reserved}' names never exist in public DNS: fine for a lab, impossible for fal."
+    reserved = next((s for s in RESERVED_SUFFIXES if domain.lower().rstrip(".").endswith(s)), None)
+    if reserved:
+        # RFC 6761 names never exist in public DNS: no query is sent for them at all.
         return [
             Finding(
                 "dns",
-                "warn" if reserved else "error",
-                message,
+                "warn",
+                f"{domain} is a reserved '{reserved}' name: it never exists in public DNS, so fal cannot "
+                f"reach it (fine for a lab).",
+                f"Create an A record for a real name{where} at your DNS provider and set aisha_domain to it.",
+            )
+        ], []
+    try:
+        addresses = resolve(domain)
+    except OSError as exc:
+        return [
+            Finding(
+                "dns",
+                "error",
+                f"{domain} does not resolve ({getattr(exc, 'strerror', None) or exc}); fal needs a public DNS A record{where}.",
                 f"Create an A record {domain} -> {address or 'the server address'} at your DNS provider "
                 "(and set aisha_domain to that name).",
             )

@@ -4,6 +4,7 @@ state when the ACME server fails, and carrying certificates to a replacement hos
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import stat
@@ -115,6 +116,42 @@ def test_forced_renewal_is_served_without_another_step(scenario):
     after = served_certificate(scenario.host.address)
     assert after.serial_number != before, "nginx still serves the old certificate: the deploy hook did not reload it"
     assert scenario.host.run("systemctl is-enabled certbot.timer").stdout.strip() == "enabled"
+
+
+def diagnose(scenario) -> tuple[int, dict]:
+    result = subprocess.run(
+        [AISHA_INFRA, "diagnose", f"https://{DOMAIN}:8443", "--address", scenario.host.address,
+         "--ca-bundle", str(scenario.root), "--ssh-key", str(scenario.host.ssh_key), "--json"],
+        capture_output=True, text=True, timeout=180,
+    )
+    return result.returncode, json.loads(result.stdout)
+
+
+def findings(report: dict, severity: str) -> dict[str, dict]:
+    items = report["findings"] if "findings" in report else report["targets"][0]["findings"]
+    return {f["check"]: f for f in items if f["severity"] == severity}
+
+
+def test_diagnose_finds_nothing_wrong_then_the_missing_intermediate(scenario):
+    status, report = diagnose(scenario)
+    assert status == 0 and not findings(report, "error"), findings(report, "error")
+
+    # the classic curl (60): nginx pointed at the leaf without its intermediate
+    scenario.host.run("sed -i 's#/fullchain.pem;#/cert.pem;#' /etc/nginx/snippets/aisha-webhook-certificate.conf "
+                      "&& nginx -t -q && systemctl reload nginx")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status, report = diagnose(scenario)
+        if status != 0:
+            break
+        time.sleep(0.5)
+    errors = findings(report, "error")
+    assert status == 1 and "tls.incomplete_chain" in errors, errors
+    assert "fullchain.pem" in errors["tls.incomplete_chain"]["fix"]
+
+    repaired = scenario.deploy().check()  # drift repaired by the deploy itself
+    assert "Nginx | Point the site at its certificate" in repaired.changed_operations
+    assert diagnose(scenario)[0] == 0
 
 
 def test_carry_over_serves_the_same_certificate_without_the_acme_server(scenario, lab, tmp_path):

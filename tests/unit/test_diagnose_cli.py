@@ -51,7 +51,7 @@ def test_good_chain_exits_0_with_json_findings(pki, capsys):
 
 def test_broken_chain_exits_1_with_a_plain_table_and_the_fix(pki, capsys):
     with serve(pki, "leaf_only") as server:
-        status = cli.main(["diagnose", f"https://{DOMAIN}:{server.port}", "--ca-bundle", str(pki.root)])
+        status = cli.main(["diagnose", f"https://{DOMAIN}:{server.port}", "--address", "127.0.0.1", "--ca-bundle", str(pki.root)])
 
     out = capsys.readouterr().out
     assert status == 1
