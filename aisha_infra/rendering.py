@@ -94,7 +94,7 @@ def systemd_quote(value: str) -> str:
 
 
 def service_context(s: Settings) -> dict:
-    # The bundled app needs no network of its own (systemd hands it the socket)
+    # The bundled app needs no network of its own when systemd hands it the socket,
     # unless it must fetch fal's JWKS from the internet.
     fetches_jwks = s.fal_verify_signatures and not s.fal_jwks_file
     return {
@@ -103,7 +103,8 @@ def service_context(s: Settings) -> dict:
         "command": s.app_command,
         "environment": {name: systemd_quote(value) for name, value in app_environment(s).items()},
         "state_directory": s.aisha_data_dir.removeprefix("/var/lib/"),
-        "private_network": s.uses_bundled_app and not fetches_jwks,
+        "socket_activation": s.uses_socket_activation,
+        "private_network": s.uses_bundled_app and s.uses_socket_activation and not fetches_jwks,
     }
 
 

@@ -47,6 +47,10 @@ class Settings:
     # Command systemd runs in <base>/app; None = the bundled API's command.
     # For your own backend use absolute paths, e.g. "/opt/aisha-backend/venv/bin/gunicorn app:app".
     app_start_command: str | None = None
+    # systemd holds the listening socket (restarts queue connections instead of refusing
+    # them); the app must accept it (LISTEN_FDS). None = on for the bundled app, off for
+    # your own backend, which then binds AISHA_API_HOST:AISHA_API_PORT itself.
+    app_socket_activation: bool | None = None
     # Extra environment variables for the app (name -> value).
     app_environment: dict | None = None
     # Largest webhook body accepted, in bytes (nginx answers 413 beyond, the app too).
@@ -148,6 +152,12 @@ class Settings:
         return self.app_source is None
 
     @property
+    def uses_socket_activation(self) -> bool:
+        if self.app_socket_activation is None:
+            return self.uses_bundled_app
+        return self.app_socket_activation
+
+    @property
     def app_command(self) -> str:
         if self.app_start_command:
             return self.app_start_command
@@ -245,6 +255,7 @@ def _check_each(values: dict[str, Any]) -> list[tuple[str, str]]:
         "letsencrypt_ca_bundle": _file_problem,
         "letsencrypt_restore_archive": _file_problem,
         "firewall_enabled": _bool_problem,
+        "app_socket_activation": lambda v: None if v is None else _bool_problem(v),
         "ssh_port": _port_problem,
         "verify_enabled": _bool_problem,
         "verify_ca_bundle": _file_problem,
@@ -342,9 +353,7 @@ def build_settings(data: dict[str, Any], where: str = "") -> Settings:
     if isinstance(values["letsencrypt_extra_domains"], list):
         values["letsencrypt_extra_domains"] = tuple(values["letsencrypt_extra_domains"])
 
-    problems = unknown_keys(data) + _check_each(values)
-    if not problems:
-        problems = _check_together(values)
+    problems = unknown_keys(data) + _check_each(values) + _check_together(values)
     if problems:
         prefix = f"{where}: " if where else ""
         lines = [f"  {key}: {message}" for key, message in problems]

@@ -46,14 +46,24 @@ def deploy_app(settings: Settings):
         requirements=f"{settings.app_dir}/requirements.txt",
     )
 
-    socket_unit = files.template(
-        name="Render aisha-api.socket",
-        src=str(rendering.template_path("systemd/aisha-api.socket.j2")),
-        dest=rendering.SOCKET_UNIT_PATH,
-        jinja_env_kwargs=dict(rendering.JINJA_OPTIONS),
-        managed_banner=rendering.MANAGED_BANNER,
-        **rendering.socket_context(settings),
-    )
+    if settings.uses_socket_activation:
+        socket_unit = files.template(
+            name="Render aisha-api.socket",
+            src=str(rendering.template_path("systemd/aisha-api.socket.j2")),
+            dest=rendering.SOCKET_UNIT_PATH,
+            jinja_env_kwargs=dict(rendering.JINJA_OPTIONS),
+            managed_banner=rendering.MANAGED_BANNER,
+            **rendering.socket_context(settings),
+        )
+    else:
+        # The backend binds the port itself: the socket must not hold it.
+        systemd.service(
+            name="Stop aisha-api.socket (the backend binds its own port)",
+            service="aisha-api.socket",
+            running=False,
+            enabled=False,
+        )
+        socket_unit = files.file(name="Remove aisha-api.socket", path=rendering.SOCKET_UNIT_PATH, present=False)
     service_unit = files.template(
         name="Render aisha-api.service",
         src=str(rendering.template_path("systemd/aisha-api.service.j2")),
@@ -65,12 +75,13 @@ def deploy_app(settings: Settings):
     units_changed = any_changed(socket_unit, service_unit)
     systemd.daemon_reload(name="Reload systemd units", _if=units_changed)
 
-    # A new port needs a new socket; the service holds the old one until it stops.
-    server.shell(
-        name="Move aisha-api to its new socket",
-        commands=["systemctl stop aisha-api.service aisha-api.socket"],
-        _if=socket_unit.did_change,
-    )
+    if settings.uses_socket_activation:
+        # A new port needs a new socket; the service holds the old one until it stops.
+        server.shell(
+            name="Move aisha-api to its new socket",
+            commands=["systemctl stop aisha-api.service aisha-api.socket"],
+            _if=socket_unit.did_change,
+        )
     # restarted= only acts on a running service, so a fresh host starts it once, below.
     systemd.service(
         name="Restart aisha-api for the new code or unit",
@@ -78,12 +89,13 @@ def deploy_app(settings: Settings):
         restarted=True,
         _if=any_changed(*uploads, venv, requirements, service_unit),
     )
-    systemd.service(
-        name="Listen on 127.0.0.1 (aisha-api.socket)",
-        service="aisha-api.socket",
-        running=True,
-        enabled=True,
-    )
+    if settings.uses_socket_activation:
+        systemd.service(
+            name="Listen on 127.0.0.1 (aisha-api.socket)",
+            service="aisha-api.socket",
+            running=True,
+            enabled=True,
+        )
     systemd.service(
         name="Run aisha-api.service",
         service="aisha-api.service",

@@ -30,6 +30,8 @@ def requirements_installed(venv: str, requirements: str):
         host.noop(f"requirements in {venv} are up to date")
         return
     r, s = shlex.quote(requirements), shlex.quote(stamp)
+    # From the app directory, so relative paths in it (vendored wheels) work.
+    app_dir = shlex.quote(requirements.rsplit("/", 1)[0] or "/")
     yield StringCommand(
-        f"{shlex.quote(venv + '/bin/pip')} install --disable-pip-version-check --no-input -r {r} && cp {r} {s}"
+        f"cd {app_dir} && {shlex.quote(venv + '/bin/pip')} install --disable-pip-version-check --no-input -r {r} && cp {r} {s}"
     )

@@ -122,3 +122,21 @@ def test_drift_is_repaired(deployed_host):
     assert "3306" not in run("ufw show added").stdout
     assert "# drift" not in run("cat /etc/nginx/sites-available/aisha-webhook.conf").stdout
     assert run_deploy(deployed_host.hosts_file).check().totals["changed"] == 0
+
+
+def test_bad_configuration_stops_before_any_operation(deployed_host, tmp_path):
+    hosts = json.loads(deployed_host.hosts_file.read_text())
+    hosts[0]["data"].update({"nginx_https_prot": 9443, "tls_mode": "acme", "app_port": 8443})
+    bad = tmp_path / "hosts.json"
+    bad.write_text(json.dumps(hosts))
+    before = deployed_host.host.run("find /etc/nginx /etc/systemd/system /opt/aisha-backend -newer /etc/hostname | wc -l").stdout
+
+    run = run_deploy(bad)
+
+    assert run.returncode != 0
+    assert "invalid configuration; nothing was changed on any host" in run.output
+    assert "nginx_https_prot: is not a setting of this deploy; did you mean 'nginx_https_port'?" in run.output
+    assert "tls_mode: 'acme' is unknown" in run.output
+    assert "app_port: 8443 clashes with nginx_https_port" in run.output
+    assert "Starting operation" not in run.output
+    assert deployed_host.host.run("find /etc/nginx /etc/systemd/system /opt/aisha-backend -newer /etc/hostname | wc -l").stdout == before
