@@ -1,0 +1,172 @@
+"""`aisha-infra rollout` on three fresh lab hosts, one canary and two production,
+shared by the tests of this file in order: a dry run changes nothing; a rollout
+converges the canary, gates it, then production; a second rollout changes nothing;
+a canary that breaks (its deploy, or only its gate) stops the rollout and leaves the
+production hosts exactly as they were."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from aisha_infra import health
+from aisha_infra.lab import LabHost
+from aisha_infra.rendering import NGINX_SITE_PATH, SERVICE_UNIT_PATH, SOCKET_UNIT_PATH
+from aisha_infra.settings import PROJECT_ROOT
+from tests.e2e.conftest import DOMAIN
+from tests.e2e.deploylib import write_hosts_file
+
+pytestmark = pytest.mark.e2e
+AISHA_INFRA = str(Path(sys.executable).with_name("aisha-infra"))
+# Short gates keep the tests quick; the defaults (60 s soak) are for real servers.
+GATE = ["--soak", "2", "--checks", "2", "--interval", "1"]
+# The bundled app refuses to start with a port that is not a number (its config check).
+BROKEN_APP = {"app_environment": {"AISHA_API_PORT": "notaport"}}
+# What a deploy would touch, and whether anything restarted.
+SNAPSHOT = (
+    f"sha256sum {SERVICE_UNIT_PATH} {SOCKET_UNIT_PATH} {NGINX_SITE_PATH}; "
+    "find /opt/aisha-backend/app -type f -print0 | sort -z | xargs -0 sha256sum; "
+    "for unit in nginx.service aisha-api.socket aisha-api.service; do "
+    "  echo $unit $(systemctl show -p ActiveState,MainPID,ActiveEnterTimestampMonotonic --value $unit); "
+    "done"
+)
+
+
+@dataclass
+class Fleet:
+    canary: LabHost
+    production: list[LabHost]
+    work: Path
+
+    @property
+    def hosts(self) -> list[LabHost]:
+        return [self.canary, *self.production]
+
+    def hosts_file(self, canary_data: dict | None = None) -> Path:
+        """An AISHA_HOSTS file: first host canary, the others production; `canary_data`
+        adds settings to the canary only."""
+        path = write_hosts_file(self.work / "hosts.json", self.hosts)
+        entries = json.loads(path.read_text())
+        entries[0]["data"].update(canary_data or {})
+        path.write_text(json.dumps(entries, indent=2))
+        return path
+
+
+@dataclass
+class RolloutRun:
+    returncode: int
+    output: str
+    seconds: float
+
+    def summary(self) -> str:
+        return self.output[self.output.index("==> Summary"):]
+
+
+def run_rollout(hosts_file: Path, *args: str) -> RolloutRun:
+    started = time.monotonic()
+    result = subprocess.run(
+        [AISHA_INFRA, "rollout", *args],
+        cwd=PROJECT_ROOT, env={**os.environ, "AISHA_HOSTS": str(hosts_file)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
+    )
+    run = RolloutRun(result.returncode, result.stdout, time.monotonic() - started)
+    print(f"rollout {' '.join(args)}: exit {run.returncode} in {run.seconds:.1f} s")
+    return run
+
+
+def snapshot(host: LabHost) -> str:
+    return host.run(SNAPSHOT).stdout
+
+
+def serves_health(host: LabHost, work: Path) -> bool:
+    """Verified HTTPS health, trusting the certificate deployed on the host."""
+    cert = work / f"{host.name}.pem"
+    cert.write_text(host.run("cat /opt/aisha-backend/ssl/aibots_test.crt").stdout)
+    return health.check_https_health(host.address, DOMAIN, 8443, ca_bundle=str(cert))[0]
+
+
+@pytest.fixture(scope="module")
+def fleet(lab, tmp_path_factory):
+    hosts = lab.add_hosts(count=3)
+    try:
+        yield Fleet(hosts[0], hosts[1:], tmp_path_factory.mktemp("rollout"))
+    finally:
+        alive = {h.name for h in lab.hosts()}
+        for host in hosts:
+            if host.name in alive:
+                lab.destroy_host(host.name)
+
+
+def test_dry_run_shows_stages_and_changes_nothing(fleet):
+    run = run_rollout(fleet.hosts_file(), "--dry", *GATE)
+    assert run.returncode == 0, run.output[-4000:]
+    assert f"1. canary: {fleet.canary.name}\n" in run.output
+    assert f"2. production: {fleet.production[0].name}, {fleet.production[1].name}\n" in run.output
+    assert "plan: pyinfra --dry inventory.py deploy.py --limit canary" in run.output
+    summary = run.summary()
+    for host in fleet.hosts:
+        assert f"{host.name}  would change " in summary
+    assert "~ Nginx | Render the webhook site" in summary
+    for host in fleet.hosts:
+        assert host.run(f"test -e {NGINX_SITE_PATH} || test -e {SERVICE_UNIT_PATH}", check=False).returncode == 1
+        assert host.run("dpkg -s nginx", check=False).returncode != 0
+
+
+def test_rollout_converges_the_canary_first_then_production(fleet):
+    run = run_rollout(fleet.hosts_file(), *GATE)
+    assert run.returncode == 0, run.output[-6000:]
+    output = run.output
+    production_starts = output.index("==> Stage 2/2: production")
+    assert output.index(f"[{fleet.canary.name}] Success") < output.index("  health check 3/3") < production_starts
+    assert all(output.index(f"[{host.name}] Success") > production_starts for host in fleet.production)
+    summary = run.summary()
+    assert "canary: passed in " in summary and "production: passed in " in summary
+    for host in fleet.hosts:
+        line = next(line for line in summary.splitlines() if line.startswith(f"  {host.name} "))
+        assert " changed (" in line and "gate passed (3 health checks, webhook POST)" in line, line
+        assert serves_health(host, fleet.work)
+    assert "Rollout complete" in summary
+
+
+def test_second_rollout_changes_nothing(fleet):
+    run = run_rollout(fleet.hosts_file(), *GATE)
+    assert run.returncode == 0, run.output[-6000:]
+    summary = run.summary()
+    for host in fleet.hosts:
+        line = next(line for line in summary.splitlines() if line.startswith(f"  {host.name} "))
+        assert " unchanged (" in line and "gate passed" in line, line
+
+
+def test_canary_whose_deploy_fails_stops_before_production(fleet):
+    before = [snapshot(host) for host in fleet.production]
+    run = run_rollout(fleet.hosts_file(BROKEN_APP), *GATE)
+    assert run.returncode == 1, run.output[-6000:]
+    # The deploy's own end-of-run verification already sees the app down.
+    assert f"Rollout STOPPED at stage canary:\n  {fleet.canary.name} failed deploy: " in run.output
+    assert "HTTPS health check failed" in run.output
+    assert "Not started (untouched): production." in run.output
+    assert "==> Stage 2/2" not in run.output
+    for host in fleet.production:
+        assert f"  {host.name}  not started" in run.summary()
+    assert [snapshot(host) for host in fleet.production] == before
+    assert not serves_health(fleet.canary, fleet.work)
+    assert all(serves_health(host, fleet.work) for host in fleet.production)
+
+
+def test_canary_that_fails_only_the_gate_stops_before_production(fleet):
+    before = [snapshot(host) for host in fleet.production]
+    # Without the deploy's own verification, pyinfra succeeds: only the gate can stop it.
+    run = run_rollout(fleet.hosts_file({**BROKEN_APP, "verify_enabled": False}), *GATE)
+    assert run.returncode == 1, run.output[-6000:]
+    assert f"Rollout STOPPED at stage canary:\n  {fleet.canary.name} failed https-health: " in run.output
+    assert "Not started (untouched): production." in run.output
+    line = next(line for line in run.summary().splitlines() if line.startswith(f"  {fleet.canary.name} "))
+    assert "gate FAILED: https-health" in line and "deploy FAILED" not in line
+    assert [snapshot(host) for host in fleet.production] == before

@@ -1,0 +1,550 @@
+"""`aisha-infra rollout` without lab hosts: stage planning, reading pyinfra's output,
+--fail-percent, the health gate (fake checks and clock, and real HTTPS on loopback),
+and whole rollouts driven through a stand-in for the pyinfra command."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from aisha_infra import cli, rollout
+from aisha_infra.rollout import GateTarget, HostOutcome, PyinfraRun, RolloutError, Stage
+from aisha_infra.settings import build_settings
+
+from .tlscases import DOMAIN, build_pki
+from .tlsserver import LocalTLSServer
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return build_pki(tmp_path_factory.mktemp("pki"))
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+
+def test_stages_are_inventory_groups_in_the_given_order(tmp_path):
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(textwrap.dedent("""
+        canary = [("web-1", {"ssh_user": "root"})]
+        production = (["web-2", ("web-3", {"aisha_domain": "b.example.com"})], {"ssh_port": 2222})
+        staging = []
+        _private = ["not-a-group"]
+        NOT_HOSTS = [1, 2]
+    """))
+    groups = rollout.inventory_groups(inventory)
+    assert groups == {"canary": ["web-1"], "production": ["web-2", "web-3"], "staging": []}
+
+    assert rollout.plan_stages(groups, ["canary", "production"]) == [
+        Stage("canary", ("web-1",)),
+        Stage("production", ("web-2", "web-3")),
+    ]
+    assert [s.name for s in rollout.plan_stages(groups, ["production", "staging"])] == ["production", "staging"]
+
+
+@pytest.mark.parametrize(
+    ("order", "message"),
+    [
+        (["canary", "prod"], "no inventory group named prod; the inventory has canary, production"),
+        (["canary", "canary"], "names canary more than once"),
+        ([], "--stages is empty"),
+    ],
+)
+def test_bad_stage_lists_are_refused(order, message):
+    with pytest.raises(RolloutError, match=message):
+        rollout.plan_stages({"canary": ["a"], "production": ["b"]}, order)
+
+
+@pytest.mark.parametrize(
+    ("hosts", "percent", "allowed"),
+    [(1, 0, 0), (1, 50, 0), (2, 50, 1), (10, 20, 2), (10, 25, 2), (4, 25, 1), (3, 99, 2), (3, 0, 0)],
+)
+def test_fail_percent_tolerates_a_share_but_keeps_one_host(hosts, percent, allowed):
+    assert rollout.allowed_failures(hosts, percent) == allowed
+
+
+@pytest.mark.parametrize(
+    ("checks", "soak", "interval", "rounds"),
+    [(3, 0, 10, 3), (3, 60, 10, 7), (10, 5, 1, 10), (1, 1, 0.5, 3), (2, 0, 0, 2)],
+)
+def test_gate_rounds_cover_the_checks_and_the_soak(checks, soak, interval, rounds):
+    assert rollout.gate_rounds(checks, soak, interval) == rounds
+
+
+def test_each_stage_runs_the_command_a_person_would_run():
+    command = rollout.pyinfra_command("inventory.py", "canary", dry=False)
+    assert command == [rollout.PYINFRA, "-y", "inventory.py", "deploy.py", "--limit", "canary", "--json"]
+    assert rollout.shown_command(command) == "pyinfra -y inventory.py deploy.py --limit canary"
+    dry = rollout.pyinfra_command("inventory.py", "production", dry=True)
+    assert "-y" not in dry and rollout.shown_command(dry) == "pyinfra --dry inventory.py deploy.py --limit production"
+
+
+# --- pyinfra's output ------------------------------------------------------------------------------
+
+# What pyinfra 3.10 printed on stderr when one host of a stage failed a command and
+# another could not be reached (note the padded prefix of the shorter name).
+FAILED_COMMAND_LOG = """\
+--> Connecting to hosts...
+    [ghost]     Could not connect ([Errno None] Unable to connect to port 2222 on 198.18.5.2)
+    [web-2] Connected
+--> Beginning operation run...
+--> Starting operation: App | Render aisha-api.service
+    [web-2] Success
+    [web-3] No changes
+--> Starting operation: Fail on purpose
+    [web-2] out
+    [web-2] oops-on-stderr
+    [web-2] Error: executed 0 commands
+    [web-3] No changes
+""".splitlines()
+
+
+def results(operations, failed=()):
+    return {"plan": [], "results": {"operations": operations, "failed_hosts": list(failed)}}
+
+
+def op(name, success=(), no_change=(), error=()):
+    return {"name": name, "success": list(success), "no_change": list(no_change), "error": list(error)}
+
+
+def test_per_host_changes_come_from_pyinfras_results():
+    report = results([
+        op("Packages | Install", success=["web-2"], no_change=["web-3"]),
+        op("App | Render aisha-api.service", success=["web-2"], no_change=["web-3"]),
+        op("Verify | HTTPS health", no_change=["web-2", "web-3"]),
+        op("Other stage", success=["web-1"]),  # not a host of this stage
+    ])
+    outcomes = rollout.deploy_outcomes(PyinfraRun(0, report, []), ("web-2", "web-3"))
+    assert (outcomes["web-2"].changed, outcomes["web-2"].unchanged) == (2, 1)
+    assert (outcomes["web-3"].changed, outcomes["web-3"].unchanged) == (0, 3)
+    assert not any(o.failure for o in outcomes.values())
+    assert rollout._deploy_column(outcomes["web-2"], dry=False) == "changed (2 of 3 ops)"
+    assert rollout._deploy_column(outcomes["web-3"], dry=False) == "unchanged (3 ops)"
+
+
+def test_failed_hosts_say_which_operation_failed_and_what_it_printed():
+    report = results(
+        [op("App | Render aisha-api.service", success=["web-2"], no_change=["web-3"]),
+         op("Fail on purpose", no_change=["web-3"], error=["web-2"])],
+        failed=["web-2", "ghost"],
+    )
+    outcomes = rollout.deploy_outcomes(PyinfraRun(1, report, FAILED_COMMAND_LOG), ("web-2", "web-3", "ghost"))
+    assert outcomes["web-2"].failure == (
+        "deploy", "Fail on purpose: out / oops-on-stderr / Error: executed 0 commands")
+    assert outcomes["ghost"].failure == (
+        "deploy", "Could not connect ([Errno None] Unable to connect to port 2222 on 198.18.5.2)")
+    assert outcomes["web-3"].failure is None and outcomes["web-3"].unchanged == 2
+
+
+def test_a_pyinfra_run_that_stopped_without_results_fails_every_host_with_its_error():
+    log = [
+        "--> Starting operation: Verify | HTTPS health and webhook from the control machine (via 198.18.4.2)",
+        "Traceback (most recent call last):",
+        "pyinfra.api.exceptions.OperationError: HTTPS health check failed",
+        "--> Disconnecting from hosts...",
+        "--> Operation error in /work/aisha_infra/operations/verify.py line 84: HTTPS health check failed "
+        "for https://aibots.test:8443/health via 198.18.4.2: no HTTP answer within 10 s.",
+    ]
+    outcomes = rollout.deploy_outcomes(PyinfraRun(1, None, log), ("web-1",))
+    check, message = outcomes["web-1"].failure
+    assert check == "deploy"
+    assert message.startswith("pyinfra stopped: Operation error in ")
+    assert "HTTPS health check failed" in message and outcomes["web-1"].changed is None
+    assert rollout.pyinfra_error(PyinfraRun(3, None, ["--> Loading config..."])) == "pyinfra exited with status 3"
+
+
+def test_no_hosts_remaining_keeps_each_hosts_own_error():
+    log = [*FAILED_COMMAND_LOG[:3], *FAILED_COMMAND_LOG[7:11], "--> pyinfra error: No hosts remaining!"]
+    outcomes = rollout.deploy_outcomes(PyinfraRun(1, None, log), ("web-2", "ghost"))
+    assert outcomes["web-2"].failure[1] == "Fail on purpose: out / oops-on-stderr / Error: executed 0 commands"
+    assert outcomes["ghost"].failure[1].startswith("Could not connect")
+
+
+def test_the_report_is_the_json_line_on_stdout():
+    assert rollout.parse_report('noise\n{"plan": [], "results": null}\n') == {"plan": [], "results": None}
+    assert rollout.parse_report("") is None
+    assert rollout.parse_report("{not json\n") is None
+
+
+def test_dry_run_lists_what_would_change_per_host():
+    plan = [
+        {"name": "Packages | Install", "hosts_with_change": ["web-2"], "hosts_with_conditional_change": []},
+        {"name": "App | Restart", "hosts_with_change": [], "hosts_with_conditional_change": ["web-2", "web-3"]},
+    ]
+    outcomes = rollout.dry_outcomes(PyinfraRun(0, {"plan": plan, "results": None}, []), ("web-2", "web-3"))
+    assert outcomes["web-2"].would_change == ["Packages | Install"]
+    assert outcomes["web-2"].may_change == ["App | Restart"]
+    assert outcomes["web-3"].would_change == [] and rollout._deploy_column(outcomes["web-3"], dry=True) == "no changes"
+
+    failed = rollout.dry_outcomes(PyinfraRun(1, None, ["--> pyinfra error: web-3: invalid configuration"]), ("web-3",))
+    assert failed["web-3"].failure == ("plan", "pyinfra stopped: pyinfra error: web-3: invalid configuration")
+
+
+def test_pyinfra_progress_is_echoed_while_it_runs_and_stdout_is_the_report(tmp_path):
+    script = tmp_path / "fake.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        print("--> Starting operation: One", file=sys.stderr, flush=True)
+        print("    [web-1] \\033[32mSuccess\\033[0m", file=sys.stderr, flush=True)
+        print('{"plan": [], "results": {"operations": [], "failed_hosts": []}}')
+    """))
+    seen = []
+    run = rollout.run_pyinfra([sys.executable, str(script)], seen.append)
+    assert run.returncode == 0 and run.report["results"]["failed_hosts"] == []
+    assert seen == ["  --> Starting operation: One", "      [web-1] Success"]
+
+
+def test_a_stuck_pyinfra_is_stopped(tmp_path):
+    run = rollout.run_pyinfra([sys.executable, "-c", "import time; time.sleep(30)"], lambda line: None, timeout=0.5)
+    assert run.returncode != 0 and "stopped after 0.5 s" in rollout.pyinfra_error(run)
+
+
+# --- the gate ----------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def targets(*names):
+    """Targets whose address is their name, so a fake check knows who it checks."""
+    return [GateTarget(name, name, DOMAIN, 8443, None) for name in names]
+
+
+def scripted(answers: dict[str, list[bool]]):
+    """A check answering per host from a script: True passes, False fails."""
+    calls: list[str] = []
+
+    def check(name, domain, port, ca_bundle):
+        calls.append(name)
+        ok = answers[name][sum(c == name for c in calls) - 1]
+        return ok, f"{name} {'healthy' if ok else 'answered HTTP 502'}"
+
+    check.calls = calls
+    return check
+
+
+def test_gate_passes_hosts_that_pass_every_check_then_posts_a_webhook():
+    outcomes = {n: HostOutcome(n) for n in ("a", "b")}
+    clock, lines = FakeClock(), []
+    health_check = scripted({"a": [True] * 4, "b": [True] * 4})
+    webhook = scripted({"a": [True], "b": [True]})
+    rollout.run_gate(targets("a", "b"), outcomes, 4, 10, 0, lines.append,
+                     check_health=health_check, check_webhook=webhook, sleep=clock.sleep, clock=clock)
+    assert [(o.health_passes, o.webhook_ok, o.failure) for o in outcomes.values()] == [(4, True, None)] * 2
+    assert clock.sleeps == [10, 10, 10] and clock.now == 130  # checks at t+0, 10, 20, 30
+    assert "health check 4/4: 2/2 host(s) healthy (t+30 s)" in "\n".join(lines)
+    assert sorted(webhook.calls) == ["a", "b"]
+
+
+def test_a_failed_check_fails_the_host_and_stops_a_gate_without_tolerance():
+    outcomes = {n: HostOutcome(n) for n in ("a", "b")}
+    clock, lines = FakeClock(), []
+    health_check = scripted({"a": [True, False, True], "b": [True, True, True]})
+    webhook = scripted({"a": [True], "b": [True]})
+    rollout.run_gate(targets("a", "b"), outcomes, 3, 5, 0, lines.append,
+                     check_health=health_check, check_webhook=webhook, sleep=clock.sleep, clock=clock)
+    assert outcomes["a"].failure == ("https-health", "a answered HTTP 502")
+    assert outcomes["a"].health_passes == 1
+    assert health_check.calls.count("b") == 2  # stopped after the round that failed
+    assert webhook.calls == [] and not outcomes["b"].webhook_ok
+    assert "  a: health check 2 FAILED: a answered HTTP 502" in lines
+    assert "gate stopped: more hosts failed than the stage tolerates" in "\n".join(lines)
+
+
+def test_a_tolerated_failure_drops_the_host_and_the_others_go_on():
+    outcomes = {n: HostOutcome(n) for n in ("a", "b", "c")}
+    clock = FakeClock()
+    health_check = scripted({"a": [False], "b": [True] * 3, "c": [True] * 3})
+    webhook = scripted({"b": [True], "c": [False]})
+    rollout.run_gate(targets("a", "b", "c"), outcomes, 3, 1, 1, lambda line: None,
+                     check_health=health_check, check_webhook=webhook, sleep=clock.sleep, clock=clock)
+    assert health_check.calls.count("a") == 1  # never checked again
+    assert outcomes["b"].webhook_ok and outcomes["b"].health_passes == 3
+    assert outcomes["c"].failure == ("webhook-post", "c answered HTTP 502")
+
+
+def test_late_checks_do_not_sleep_to_catch_up():
+    clock = FakeClock()
+
+    def slow(address, domain, port, ca_bundle):
+        clock.now += 7  # each check takes longer than the interval
+        return True, "healthy"
+
+    outcomes = {"a": HostOutcome("a")}
+    rollout.run_gate(targets("a"), outcomes, 3, 5, 0, lambda line: None,
+                     check_health=slow, check_webhook=slow, sleep=clock.sleep, clock=clock)
+    assert clock.sleeps == [0.0, 0.0] and outcomes["a"].health_passes == 3
+
+
+def settings_of(**data):
+    return build_settings({"aisha_domain": DOMAIN, **data})
+
+
+def test_self_signed_hosts_are_checked_against_their_own_deployed_certificate(tmp_path, pki):
+    fetched = []
+
+    def fetch(name, data, path):
+        fetched.append((name, path))
+        return pki.cases["self_signed"].chain.read_text()
+
+    data = {"ssh_hostname": "198.18.7.2"}
+    target = rollout.gate_target("web-1", data, settings_of(), tmp_path, fetch)
+    assert fetched == [("web-1", "/opt/aisha-backend/ssl/aibots_test.crt")]
+    assert (target.address, target.domain, target.port) == ("198.18.7.2", DOMAIN, 8443)
+    assert Path(target.ca_bundle).read_text() == pki.cases["self_signed"].chain.read_text()
+
+    with pytest.raises(OSError, match="holds no PEM certificate"):
+        rollout.gate_target("web-1", data, settings_of(), tmp_path, lambda *a: "")
+
+
+def test_letsencrypt_hosts_use_the_system_store_or_the_configured_bundle(tmp_path, pki):
+    def no_fetch(*args):
+        raise AssertionError("nothing to fetch")
+
+    letsencrypt = settings_of(tls_mode="letsencrypt", letsencrypt_email="ops@example.com", verify_address="203.0.113.9")
+    target = rollout.gate_target("web-1", {"ssh_hostname": "198.18.7.2"}, letsencrypt, tmp_path, no_fetch)
+    assert (target.address, target.ca_bundle) == ("203.0.113.9", None)
+
+    bundle = settings_of(verify_ca_bundle=str(pki.root), nginx_https_port=443)
+    target = rollout.gate_target("web-1.example.com", {}, bundle, tmp_path, no_fetch)
+    assert (target.address, target.port, target.ca_bundle) == ("web-1.example.com", 443, str(pki.root))
+
+
+def test_ssh_follows_the_inventorys_connection_settings():
+    command = rollout.ssh_command("web-1", {
+        "ssh_hostname": "198.18.7.2", "ssh_user": "admin", "ssh_key": "/keys/id", "ssh_port": 2222,
+        "ssh_known_hosts_file": "/dev/null", "ssh_strict_host_key_checking": "off",
+    })
+    joined = " ".join(command)
+    assert "StrictHostKeyChecking=off" in joined and "UserKnownHostsFile=/dev/null" in joined
+    assert "-p 2222" in joined and "-i /keys/id" in joined and "-l admin" in joined
+    assert command[-2:] == ["--", "198.18.7.2"]
+    assert "StrictHostKeyChecking=accept-new" in " ".join(rollout.ssh_command("web-1", {}))  # pyinfra's default
+
+
+def test_gate_checks_real_https_on_loopback(tmp_path, pki):
+    case = pki.cases["self_signed"]
+    with LocalTLSServer(case.chain, case.key) as server:
+        target = GateTarget("web-1", "127.0.0.1", DOMAIN, server.port, str(case.chain))
+        outcomes = {"web-1": HostOutcome("web-1")}
+        rollout.run_gate([target], outcomes, 2, 0, 0, lambda line: None)
+        assert outcomes["web-1"].webhook_ok and outcomes["web-1"].health_passes == 2
+        assert server.posted[0]["body"]["request_id"].startswith("diagnose-")
+
+        server.set_health(200, {"status": "starting"})  # not the exact JSON
+        outcomes = {"web-1": HostOutcome("web-1")}
+        rollout.run_gate([target], outcomes, 2, 0, 0, lambda line: None)
+        assert outcomes["web-1"].failure[0] == "https-health" and '"status": "healthy"' in outcomes["web-1"].failure[1]
+
+    with LocalTLSServer(case.chain, case.key) as server:
+        untrusted = GateTarget("web-1", "127.0.0.1", DOMAIN, server.port, str(pki.root))
+        outcomes = {"web-1": HostOutcome("web-1")}
+        rollout.run_gate([untrusted], outcomes, 1, 0, 0, lambda line: None)
+        assert outcomes["web-1"].failure[0] == "https-health"  # verification is on
+
+
+# --- whole rollouts, with a stand-in for pyinfra ----------------------------------------------------
+
+FAKE_PYINFRA = """\
+#!{python}
+# Stands in for pyinfra: logs its arguments, prints progress and a --json report.
+import json, os, sys
+args = sys.argv[1:]
+stage = args[args.index("--limit") + 1]
+with open(os.environ["FAKE_PYINFRA_LOG"], "a") as log:
+    log.write(" ".join(args) + "\\n")
+hosts = json.loads(os.environ["FAKE_PYINFRA_HOSTS"])[stage]  # host -> changed/unchanged/error
+words = {{"changed": "Success", "unchanged": "No changes", "error": "Error: executed 0 commands"}}
+print("--> Starting operation: App | Render aisha-api.service", file=sys.stderr)
+for host, what in hosts.items():
+    print(f"    [{{host}}] {{words[what]}}", file=sys.stderr)
+if "--dry" in args:
+    plan = [{{"name": "App | Render aisha-api.service", "hosts_with_conditional_change": [],
+              "hosts_with_change": [h for h, w in hosts.items() if w == "changed"]}}]
+    print(json.dumps({{"plan": plan, "results": None}}))
+    sys.exit(0)
+failed = [h for h, w in hosts.items() if w == "error"]
+operation = {{"name": "App | Render aisha-api.service", "error": failed,
+              "success": [h for h, w in hosts.items() if w == "changed"],
+              "no_change": [h for h, w in hosts.items() if w == "unchanged"]}}
+print(json.dumps({{"plan": [], "results": {{"operations": [operation], "failed_hosts": failed}}}}))
+sys.exit(1 if failed else 0)
+"""
+
+
+class Project:
+    """A project directory with an inventory of hosts served by local HTTPS servers."""
+
+    def __init__(self, path: Path, pki, monkeypatch):
+        self.path, self.pki = path, pki
+        self.log = path / "pyinfra.log"
+        self.servers: dict[str, LocalTLSServer] = {}
+        fake = path / "pyinfra"
+        fake.write_text(FAKE_PYINFRA.format(python=sys.executable))
+        fake.chmod(0o755)
+        (path / "deploy.py").write_text("")
+        monkeypatch.chdir(path)
+        monkeypatch.setattr(rollout, "PYINFRA", str(fake))
+        monkeypatch.setenv("FAKE_PYINFRA_LOG", str(self.log))
+
+    def hosts(self, monkeypatch, groups: dict[str, dict[str, str]], **extra_data):
+        """groups: {group: {host: what its deploy does}}; each host gets a healthy server."""
+        case = self.pki.cases["good"]
+        lines = []
+        for group, hosts in groups.items():
+            members = []
+            for name in hosts:
+                server = self.servers[name] = LocalTLSServer(case.chain, case.key).__enter__()
+                data = {"aisha_domain": DOMAIN, "verify_address": "127.0.0.1", "nginx_https_port": server.port,
+                        "verify_ca_bundle": str(self.pki.root), **extra_data}
+                members.append((name, data))
+            lines.append(f"{group} = {members!r}")
+        (self.path / "inventory.py").write_text("\n".join(lines) + "\n")
+        monkeypatch.setenv("FAKE_PYINFRA_HOSTS", json.dumps(groups))
+
+    def runs(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def close(self):
+        for server in self.servers.values():
+            server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def project(tmp_path, pki, monkeypatch):
+    made = Project(tmp_path, pki, monkeypatch)
+    yield made
+    made.close()
+
+
+FAST = ["--soak", "0", "--checks", "2", "--interval", "0"]
+
+
+def test_stages_run_in_order_and_the_summary_says_what_changed(project, monkeypatch, capsys):
+    project.hosts(monkeypatch, {"canary": {"c-1": "changed"}, "production": {"p-1": "unchanged", "p-2": "changed"}})
+    assert cli.main(["rollout", *FAST]) == 0
+    assert project.runs() == [
+        "-y inventory.py deploy.py --limit canary --json",
+        "-y inventory.py deploy.py --limit production --json",
+    ]
+    out = capsys.readouterr().out
+    assert out.index("==> Stage 1/2: canary (c-1)") < out.index("[c-1] Success") < out.index("==> Stage 2/2: production")
+    summary = out[out.index("==> Summary"):]
+    assert "canary: passed in" in summary and "production: passed in" in summary
+    assert "c-1  changed (1 of 1 ops)" in summary
+    assert "p-1  unchanged (1 ops)" in summary
+    assert "gate passed (2 health checks, webhook POST)" in summary
+    assert "Rollout complete" in summary
+    assert all(len(server.posted) == 1 for server in project.servers.values())
+
+
+def test_an_unhealthy_canary_stops_the_rollout_before_production(project, monkeypatch, capsys):
+    project.hosts(monkeypatch, {"canary": {"c-1": "changed"}, "production": {"p-1": "changed"}})
+    project.servers["c-1"].set_health(503, {"error": "starting"})
+    assert cli.main(["rollout", *FAST]) == 1
+    assert project.runs() == ["-y inventory.py deploy.py --limit canary --json"]
+    out = capsys.readouterr().out
+    assert "Rollout STOPPED at stage canary:\n  c-1 failed https-health: GET https://aibots.test:" in out
+    assert "Not started (untouched): production." in out
+    assert "p-1  not started" in out
+    assert project.servers["p-1"].posted == []
+
+
+def test_a_failed_deploy_stops_the_rollout_and_names_the_host(project, monkeypatch, capsys):
+    project.hosts(monkeypatch, {"canary": {"c-1": "error"}, "production": {"p-1": "changed"}})
+    assert cli.main(["rollout", *FAST]) == 1
+    out = capsys.readouterr().out
+    assert "c-1 failed deploy: App | Render aisha-api.service: Error: executed 0 commands" in out
+    assert project.runs() == ["-y inventory.py deploy.py --limit canary --json"]
+    assert project.servers["c-1"].posted == []  # no gate for a host whose deploy failed
+
+
+def test_fail_percent_lets_a_large_stage_go_on(project, monkeypatch, capsys):
+    production = {f"p-{i}": "changed" for i in range(1, 5)}
+    production["p-4"] = "error"
+    project.hosts(monkeypatch, {"canary": {"c-1": "changed"}, "production": production, "late": {"l-1": "changed"}})
+    project.servers["p-3"].set_health(502, {})
+
+    assert cli.main(["rollout", "--stages", "canary,production,late", *FAST, "--fail-percent", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "production: passed with 2 failed host(s) tolerated (--fail-percent 50)" in out
+    assert len(project.runs()) == 3
+
+    capsys.readouterr()
+    project.log.unlink()
+    assert cli.main(["rollout", "--stages", "canary,production,late", *FAST, "--fail-percent", "25"]) == 1
+    out = capsys.readouterr().out
+    assert "p-4 failed deploy" in out and "Not started (untouched): late." in out
+    assert [r.split("--limit ")[1] for r in project.runs()] == ["canary --json", "production --json"]
+
+
+def test_dry_run_plans_every_stage_and_changes_nothing(project, monkeypatch, capsys):
+    project.hosts(monkeypatch, {"canary": {"c-1": "changed"}, "production": {"p-1": "unchanged"}})
+    assert cli.main(["rollout", "--dry"]) == 0
+    assert project.runs() == [
+        "--dry inventory.py deploy.py --limit canary --json",
+        "--dry inventory.py deploy.py --limit production --json",
+    ]
+    out = capsys.readouterr().out
+    assert "Summary (dry run: nothing was changed)" in out
+    assert "c-1  would change 1 op(s)" in out and "~ App | Render aisha-api.service" in out
+    assert "p-1  no changes" in out
+    assert all(server.posted == [] for server in project.servers.values())
+
+
+def test_stage_with_no_hosts_is_skipped(project, monkeypatch, capsys):
+    project.hosts(monkeypatch, {"canary": {}, "production": {"p-1": "unchanged"}})
+    assert cli.main(["rollout", *FAST]) == 0
+    assert project.runs() == ["-y inventory.py deploy.py --limit production --json"]
+    assert "canary: no hosts, skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--fail-percent", "100"], "--fail-percent must be from 0 to below 100"),
+        (["--checks", "0"], "--checks must be at least 1"),
+        (["--soak", "30", "--interval", "0"], "--soak needs an --interval above 0"),
+        (["--stages", "canary,staging"], "no inventory group named staging"),
+        (["--inventory", "missing.py"], "the inventory missing.py does not exist"),
+    ],
+)
+def test_bad_arguments_exit_2_before_anything_runs(project, monkeypatch, capsys, arguments, message):
+    project.hosts(monkeypatch, {"canary": {"c-1": "changed"}, "production": {}})
+    assert cli.main(["rollout", *arguments]) == 2
+    assert message in capsys.readouterr().err
+    assert project.runs() == []
+
+
+def test_invalid_settings_of_any_staged_host_exit_2_before_anything_runs(project, monkeypatch, capsys):
+    project.hosts(monkeypatch, {"canary": {"c-1": "changed"}, "production": {"p-1": "changed"}}, nginx_htps_port=1)
+    assert cli.main(["rollout", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "c-1: invalid configuration" in err and "nginx_htps_port" in err
+    assert project.runs() == []
+
+
+def test_must_run_in_the_project_directory(project, monkeypatch, capsys):
+    project.hosts(monkeypatch, {"canary": {"c-1": "changed"}, "production": {}})
+    (project.path / "deploy.py").unlink()
+    assert cli.main(["rollout"]) == 2
+    assert "run the rollout from the project directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [(6.34, "6.3 s"), (119.6, "119.6 s"), (176.7, "2 min 57 s"), (179.6, "3 min 0 s")])
+def test_durations_read_naturally(seconds, shown):
+    assert rollout._seconds(seconds) == shown
