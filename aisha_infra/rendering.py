@@ -40,8 +40,11 @@ def render(name: str, context: dict) -> str:
     return template.render(managed_banner=MANAGED_BANNER, **context)
 
 
-def site_context(s: Settings) -> dict:
+def site_context(s: Settings, http2_directive: bool = False) -> dict:
+    """`http2_directive`: nginx >= 1.25.1 (Debian 13) wants `http2 on;` instead of
+    the `listen ... http2` it deprecates."""
     return {
+        "http2_directive": http2_directive,
         "domain": s.aisha_domain,
         "server_names": s.letsencrypt_domains if s.tls_mode == "letsencrypt" else [s.aisha_domain],
         "https_port": s.nginx_https_port,

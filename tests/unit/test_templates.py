@@ -120,3 +120,11 @@ def test_logrotate_and_renewal_hook_render():
     assert "/var/log/aisha/*.log {" in rendering.render("logrotate/aisha.j2", rendering.logrotate_context(settings))
     hook = rendering.render("letsencrypt/aisha-reload-nginx.sh.j2", rendering.renewal_hook_context(settings))
     assert hook.startswith("#!/bin/sh") and "nginx -t" in hook and "systemctl reload nginx" in hook
+
+
+def test_site_uses_the_http2_directive_on_newer_nginx():
+    settings = build_settings({"aisha_domain": "aibots.test"})
+    old = rendering.render("nginx/aisha-webhook.conf.j2", rendering.site_context(settings))
+    new = rendering.render("nginx/aisha-webhook.conf.j2", rendering.site_context(settings, http2_directive=True))
+    assert "listen 8443 ssl http2;" in old and "http2 on;" not in old
+    assert "listen 8443 ssl;" in new and "http2 on;" in new and "ssl http2" not in new
