@@ -12,7 +12,6 @@ import time
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
-from pyinfra.api.exceptions import OperationError
 from pyinfra.operations import files
 
 from aisha_infra.facts.tls import CertificateState
@@ -76,7 +75,8 @@ def _issue(state, host, names, email, server, webroot, ca_bundle_remote, on_fail
     tail = "\n".join(text.strip().splitlines()[-8:])
     message = f"Let's Encrypt issuance failed for {', '.join(names)}: {reason}\ncertbot said:\n{tail}"
     if on_failure == "fail":
-        raise OperationError(message)
+        logger.error(f"{host.print_prefix}{message}")
+        return False  # fails this host only
     logger.warning(f"{host.print_prefix}{message}\nTLS is DEGRADED: nginx keeps serving the self-signed certificate.")
     return True
 

@@ -12,8 +12,7 @@ import tempfile
 import time
 
 from pyinfra import host, logger
-from pyinfra.api import operation
-from pyinfra.api.exceptions import OperationError
+from pyinfra.api import FunctionCommand, operation
 from pyinfra.facts.files import FileContents
 
 from aisha_infra import health, tlscheck
@@ -33,14 +32,21 @@ def _settled_health(address: str, domain: str, port: int, trust: str | None) -> 
         time.sleep(SETTLE_INTERVAL)
 
 
-def _fetch_certificate(path: str) -> str:
+def _fetch_certificate(path: str) -> str | None:
     """Copy a certificate from the host to a temporary file here, to trust exactly it."""
     lines = host.get_fact(FileContents, path=path)
     if not lines:
-        raise OperationError(f"cannot verify TLS: {path} is missing on the host")
+        return None
     with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False, prefix="aisha-cert-") as pem:
         pem.write("\n".join(lines) + "\n")
     return pem.name
+
+
+def _fail_host(state, host, message: str) -> bool:
+    """A failed check fails this host only; the other hosts of the run carry on
+    (an exception here would abort the whole run). pyinfra passes state and host."""
+    logger.error(f"{host.print_prefix}{message}")
+    return False
 
 
 def _report_certificate(address: str, domain: str, port: int) -> None:
@@ -83,23 +89,28 @@ def https_endpoint(
         return  # change detection: nothing is deployed yet, so nothing to prove
 
     trust = _fetch_certificate(pinned_cert) if pinned_cert else ca_bundle
+    if pinned_cert and trust is None:
+        yield FunctionCommand(_fail_host, (f"cannot verify TLS: {pinned_cert} is missing on the host",), {})
+        return
     ok, detail = _settled_health(address, domain, port, trust)
 
     degraded = None
     if not ok and fallback_cert and host.name in ISSUANCE_FAILURES:
         fallback = _fetch_certificate(fallback_cert)
-        if health.check_https_health(address, domain, port=port, ca_bundle=fallback)[0]:
+        if fallback and health.check_https_health(address, domain, port=port, ca_bundle=fallback)[0]:
             degraded, trust = ISSUANCE_FAILURES[host.name], fallback
             ok, detail = health.check_https_health(address, domain, port=port, ca_bundle=trust)
 
     if not ok:
-        raise OperationError(f"HTTPS health check failed for https://{domain}:{port}/health via {address}: {detail}")
+        yield FunctionCommand(_fail_host, (f"HTTPS health check failed for https://{domain}:{port}/health via {address}: {detail}",), {})
+        return
     logger.info(f"{host.print_prefix}HTTPS health OK: {detail}")
 
     if check_webhook:
         ok, detail = health.check_webhook_post(address, domain, port=port, ca_bundle=trust)
         if not ok:
-            raise OperationError(f"webhook POST check failed via {address}: {detail}")
+            yield FunctionCommand(_fail_host, (f"webhook POST check failed via {address}: {detail}",), {})
+            return
         logger.info(f"{host.print_prefix}Webhook POST OK: {detail}")
 
     _report_certificate(address, domain, port)
