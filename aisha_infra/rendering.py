@@ -35,6 +35,15 @@ def template_path(name: str) -> Path:
     return TEMPLATE_DIR / name
 
 
+def template_source(name: str) -> dict:
+    """files.template arguments that render `name` exactly as `render` does."""
+    return {
+        "src": str(template_path(name)),
+        "jinja_env_kwargs": dict(JINJA_OPTIONS),
+        "managed_banner": MANAGED_BANNER,
+    }
+
+
 def render(name: str, context: dict) -> str:
     template = get_template(str(template_path(name)), jinja_env_kwargs=dict(JINJA_OPTIONS))
     return template.render(managed_banner=MANAGED_BANNER, **context)

@@ -49,10 +49,8 @@ def deploy_app(settings: Settings):
     if settings.uses_socket_activation:
         socket_unit = files.template(
             name="Render aisha-api.socket",
-            src=str(rendering.template_path("systemd/aisha-api.socket.j2")),
+            **rendering.template_source("systemd/aisha-api.socket.j2"),
             dest=rendering.SOCKET_UNIT_PATH,
-            jinja_env_kwargs=dict(rendering.JINJA_OPTIONS),
-            managed_banner=rendering.MANAGED_BANNER,
             **rendering.socket_context(settings),
         )
     else:
@@ -66,10 +64,8 @@ def deploy_app(settings: Settings):
         socket_unit = files.file(name="Remove aisha-api.socket", path=rendering.SOCKET_UNIT_PATH, present=False)
     service_unit = files.template(
         name="Render aisha-api.service",
-        src=str(rendering.template_path("systemd/aisha-api.service.j2")),
+        **rendering.template_source("systemd/aisha-api.service.j2"),
         dest=rendering.SERVICE_UNIT_PATH,
-        jinja_env_kwargs=dict(rendering.JINJA_OPTIONS),
-        managed_banner=rendering.MANAGED_BANNER,
         **rendering.service_context(settings),
     )
     units_changed = any_changed(socket_unit, service_unit)

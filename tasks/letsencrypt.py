@@ -24,10 +24,8 @@ def obtain_certificate(settings: Settings):
         )
         dropin = files.template(
             name="certbot.timer renewals trust it too",
-            src=str(rendering.template_path("systemd/certbot.service.d/aisha-acme-ca.conf.j2")),
+            **rendering.template_source("systemd/certbot.service.d/aisha-acme-ca.conf.j2"),
             dest=rendering.CERTBOT_DROPIN_PATH,
-            jinja_env_kwargs=dict(rendering.JINJA_OPTIONS),
-            managed_banner=rendering.MANAGED_BANNER,
             ca_bundle=REMOTE_ACME_CA,
         )
         systemd.daemon_reload(name="Reload systemd units", _if=dropin.did_change)
@@ -41,11 +39,9 @@ def obtain_certificate(settings: Settings):
 
     files.template(
         name="Renewal hook: nginx -t, then reload",
-        src=str(rendering.template_path("letsencrypt/aisha-reload-nginx.sh.j2")),
+        **rendering.template_source("letsencrypt/aisha-reload-nginx.sh.j2"),
         dest=rendering.RENEWAL_HOOK_PATH,
         mode="0755",
-        jinja_env_kwargs=dict(rendering.JINJA_OPTIONS),
-        managed_banner=rendering.MANAGED_BANNER,
         **rendering.renewal_hook_context(settings),
     )
     letsencrypt.certificate(

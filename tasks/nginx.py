@@ -47,10 +47,8 @@ def configure_site(settings: Settings, certificate_changes: list):
     )
     files.template(
         name="Rotate the webhook logs",
-        src=str(rendering.template_path("logrotate/aisha.j2")),
+        **rendering.template_source("logrotate/aisha.j2"),
         dest=rendering.LOGROTATE_PATH,
-        jinja_env_kwargs=dict(rendering.JINJA_OPTIONS),
-        managed_banner=rendering.MANAGED_BANNER,
         **rendering.logrotate_context(settings),
     )
     # reloaded= only acts on a running nginx; the next operation starts a stopped one.
