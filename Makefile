@@ -36,7 +36,7 @@ demo-down: venv
 
 # 2. Tests: unit tests, then end-to-end on lab hosts (what .ci/run runs).
 test: venv host-tools
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q tests/unit tests/e2e
 
 test-unit: venv
 	$(BIN)/pytest -q tests/unit
