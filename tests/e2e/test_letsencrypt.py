@@ -43,13 +43,14 @@ class Scenario:
         self.pebble = Pebble(workdir / "pebble", listen=host.gateway, target=host.address)
         self.root = workdir / "pebble-root.pem"
         self.root.write_text("")  # filled once Pebble runs (its root is new at every start)
+        self.overrides: dict = {}
         host.run(f"echo '{host.gateway} {ACME_NAME}' >> /etc/hosts")
 
     def settings(self, **overrides) -> dict:
         return {"tls_mode": "letsencrypt", "letsencrypt_email": "ops@aibots.test",
                 "letsencrypt_server": self.pebble.directory_url,
                 "letsencrypt_ca_bundle": str(self.pebble.acme_ca),
-                "verify_ca_bundle": str(self.root), **overrides}
+                "verify_ca_bundle": str(self.root), **self.overrides, **overrides}
 
     def deploy(self, **overrides):
         hosts_file = write_hosts_file(self.workdir / "hosts.json", [self.host], data=self.settings(**overrides))
@@ -118,6 +119,17 @@ def test_forced_renewal_is_served_without_another_step(scenario):
     assert scenario.host.run("systemctl is-enabled certbot.timer").stdout.strip() == "enabled"
 
 
+def test_changed_names_get_a_new_certificate(scenario):
+    scenario.overrides["letsencrypt_extra_domains"] = ["www.aibots.test"]  # kept by the later tests
+    run = scenario.deploy().check()
+    assert "the configuration asks for ['aibots.test', 'www.aibots.test']" in run.output
+    assert "TLS state: OK" in run.output
+    names = served_certificate(scenario.host.address).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert set(names.value.get_values_for_type(x509.DNSName)) == {"aibots.test", "www.aibots.test"}
+    assert "server_name aibots.test www.aibots.test;" in scenario.host.run(
+        "cat /etc/nginx/sites-available/aisha-webhook.conf").stdout
+
+
 def diagnose(scenario) -> tuple[int, dict]:
     result = subprocess.run(
         [AISHA_INFRA, "diagnose", f"https://{DOMAIN}:8443", "--address", scenario.host.address,
@@ -175,3 +187,4 @@ def test_carry_over_serves_the_same_certificate_without_the_acme_server(scenario
         assert run_deploy(hosts_file).check().totals["changed"] == 0
     finally:
         lab.destroy_host(replacement.name)
+
