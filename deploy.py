@@ -9,6 +9,7 @@ from pyinfra import host, state
 
 from aisha_infra.config import validate_inventory
 from tasks.app import deploy_app
+from tasks.connection import send_without_delay
 from tasks.firewall import configure_firewall
 from tasks.letsencrypt import obtain_certificate
 from tasks.nginx import configure_site
@@ -19,6 +20,8 @@ from tasks.verify import verify_endpoint
 
 # Every host's settings are checked before the first operation anywhere.
 settings = validate_inventory(state)[host.name]
+
+send_without_delay()
 
 install_packages(settings)
 create_service_user(settings)

@@ -3,14 +3,14 @@ from pyinfra.operations import files, pip, server, systemd
 from pyinfra.operations.util import any_changed
 
 from aisha_infra import rendering
-from aisha_infra.operations.app import requirements_installed
+from aisha_infra.operations.app import mirrored_directory, requirements_installed
 from aisha_infra.settings import Settings
 
 
 @deploy("App")
 def deploy_app(settings: Settings):
     source = settings.app_source_dir
-    app_code = files.sync(
+    app_code = mirrored_directory(
         name=f"Upload backend from {source.name}/ to {settings.app_dir}",
         src=str(source),
         dest=settings.app_dir,
@@ -18,7 +18,6 @@ def deploy_app(settings: Settings):
         group="root",
         mode="0644",
         dir_mode="0755",
-        delete=True,
         exclude=["*.pyc", "__pycache__", ".git", ".venv"],
         exclude_dir=["__pycache__", ".git", ".venv", ".pytest_cache"],
     )

@@ -1,6 +1,7 @@
 from pyinfra.api import deploy
 from pyinfra.operations import files, server
 
+from aisha_infra.operations.accounts import system_user
 from aisha_infra.settings import Settings
 
 
@@ -8,15 +9,13 @@ from aisha_infra.settings import Settings
 def create_service_user(settings: Settings):
     user = settings.aisha_user
     server.group(name=f"Create system group {user}", group=user, system=True)
-    server.user(
+    # Its home is not created: the directory below is root's, not the user's.
+    system_user(
         name=f"Create system user {user} (no login shell)",
         user=user,
         group=user,
-        system=True,
-        shell="/usr/sbin/nologin",
         home=settings.aisha_base_dir,
-        create_home=False,
-        ensure_home=False,  # the directory below is root's, not the user's
+        shell="/usr/sbin/nologin",
     )
     # Code and venv are root's: the service can read but never rewrite itself.
     for path in (settings.aisha_base_dir, settings.app_dir):

@@ -58,7 +58,7 @@ def default_policy(direction: str, policy: str):
     """
     if direction not in DIRECTIONS or policy not in POLICIES:
         raise OperationValueError(f"ufw default policy {policy!r} {direction!r} is not valid")
-    if host.get_fact(UfwState)["policies"].get(direction) == policy:
+    if host.get_fact(UfwState, with_rules=False)["policies"].get(direction) == policy:
         host.noop(f"ufw default {direction} policy is already {policy}")
         return
     yield f"ufw default {policy} {direction}"
@@ -71,7 +71,7 @@ def enabled(enabled: bool = True):
 
     + enabled: whether ufw should be active
     """
-    if host.get_fact(UfwState)["enabled"] == enabled:
+    if host.get_fact(UfwState, with_rules=False)["enabled"] == enabled:
         host.noop(f"ufw is already {'enabled' if enabled else 'disabled'}")
         return
     # --force: `ufw enable` otherwise asks whether to continue over SSH.
