@@ -1,0 +1,479 @@
+"""Provisioning speed against the floor: `python bench/run.py [--runs N] [--quick]` (as root).
+
+Boots lab hosts (lab "bench", always removed at the end) and measures, each several times,
+with the median and the spread:
+
+1. fresh provision of one host: the real `pyinfra -y inventory.py deploy.py`, split into the
+   apt operation (from pyinfra's own operation start lines, timestamped as they stream)
+   and everything else; floor: `apt-get update && apt-get install -y <same packages>` alone
+   over SSH on another fresh host.
+2. no-op re-run on a converged host: wall time and shell commands run on the host (counted
+   from a `-vv` run, where pyinfra prints each one as `>>> sh -c ...`); floor: one new SSH
+   connection running one shell script that reads the same state (checksums, owners and
+   modes, account, packages, units, ufw, certificate) plus the same HTTPS health and
+   webhook checks from this machine that the deploy's verify step makes.
+3. the no-op re-run on 1, 4 and 8 hosts at once (one pyinfra process, as an operator runs it).
+
+The deploy measured is a snapshot of --project (default: this repository) taken at start,
+so edits made while the benchmark runs do not change what it measures.
+Prints a table with the ratios ours / floor and writes bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aisha_infra import health, rendering  # noqa: E402
+from aisha_infra.lab import Lab, LabHost  # noqa: E402
+from aisha_infra.settings import build_settings  # noqa: E402
+from tasks.packages import PACKAGES  # noqa: E402
+from tests.e2e.deploylib import PYINFRA, DeployRun, write_hosts_file  # noqa: E402
+
+LAB_NAME = "bench"
+RESULTS = ROOT / "bench" / "results" / "latest.json"
+SCALE = (1, 4, 8)
+FRESH_TIMEOUT_S = 900  # one fresh provision or apt floor, downloads included
+NOOP_TIMEOUT_S = 180
+
+# What the issue asks of us; reported, not asserted.
+TARGETS = {
+    "fresh_vs_apt_floor": 1.3,
+    "noop_vs_floor": 3.0,
+    "noop_seconds": 2.0,
+    "noop_8_vs_1": 1.5,
+}
+
+APT_FLOOR = (
+    "export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null "
+    "&& apt-get install -y -q {packages} >/dev/null"
+)
+OPERATION_START = re.compile(r"--> Starting operation: (.+?)\s*$")
+COMMAND_LINE = re.compile(r"^\[(?P<host>[^\]]+)\] >>> ")
+
+
+# --- running things, timed ---------------------------------------------------------------
+
+@dataclass
+class Timed:
+    wall: float  # seconds
+    deploy: DeployRun
+    stamped: list  # (seconds since start, line) as pyinfra wrote them (unbuffered)
+    cpu: float  # CPU seconds the pyinfra process used
+
+
+def run_pyinfra(project: Path, hosts_file: Path, *args: str, timeout: float) -> Timed:
+    """Run the deploy as an operator does, timed."""
+    env = {**os.environ, "AISHA_HOSTS": str(hosts_file), "PYTHONPATH": str(project),
+           "PYTHONUNBUFFERED": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [PYINFRA, "-y", *args, "inventory.py", "deploy.py"], cwd=project, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )
+    stamped = []
+    try:
+        deadline = started + timeout
+        for line in process.stdout:
+            stamped.append((time.monotonic() - started, line.rstrip("\n")))
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pyinfra did not finish within {timeout:.0f} s")
+        process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Timed(wall, DeployRun(process.returncode, "\n".join(line for _, line in stamped)), stamped, cpu)
+
+
+def operation_seconds(stamped: list) -> dict[str, float]:
+    """How long each operation ran (one host): from its start line to the next operation's
+    (or the results')."""
+    marks = [(t, m.group(1)) for t, line in stamped if (m := OPERATION_START.search(line))]
+    marks += [(t, "") for t, line in stamped if line.startswith("--> Results")]
+    return {name: end - start for (start, name), (end, _) in zip(marks, marks[1:])}
+
+
+PHASES = (  # pyinfra's progress lines -> the phase that ends there
+    ("--> Loading config", "imports"),
+    ("--> Preparing operation files", "connect"),  # also loads the inventory
+    ("--> Beginning operation run", "prepare"),  # runs deploy.py once per host
+    ("--> Results", "operations"),
+)
+
+
+def phase_seconds(run: Timed) -> dict:
+    """Where one pyinfra run spends its time, ending with "finish" (results, disconnect,
+    exit) and "pyinfra_cpu" (CPU seconds of the pyinfra process, not a phase)."""
+    phases, previous = {}, 0.0
+    for marker, phase in PHASES:
+        at = next(t for t, line in run.stamped if line.startswith(marker))
+        phases[phase], previous = at - previous, at
+    phases["finish"] = run.wall - previous
+    phases["pyinfra_cpu"] = run.cpu
+    return phases
+
+
+def commands_per_host(output: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in output.splitlines():
+        if m := COMMAND_LINE.match(line):
+            counts[m.group("host")] = counts.get(m.group("host"), 0) + 1
+    return counts
+
+
+def check_noop(deploy: DeployRun) -> None:
+    deploy.check()
+    if deploy.totals["changed"]:
+        raise RuntimeError(f"not a no-op re-run: {deploy.changed_operations} changed")
+
+
+def timed(function, *args, **kwargs) -> tuple[float, object]:
+    started = time.monotonic()
+    result = function(*args, **kwargs)
+    return time.monotonic() - started, result
+
+
+# --- the floors ---------------------------------------------------------------------------
+
+def apt_floor(host: LabHost) -> float:
+    command = APT_FLOOR.format(packages=" ".join(shlex.quote(p) for p in PACKAGES))
+    seconds, _ = timed(host.run, command, timeout=FRESH_TIMEOUT_S)
+    return seconds
+
+
+def noop_floor_script(settings) -> str:
+    """One shell script that reads everything the deploy checks on a converged host."""
+    s = settings
+    q = shlex.quote
+    units = ["aisha-api.socket", "aisha-api.service", "nginx.service", "ufw.service"]
+    owned = [s.aisha_base_dir, s.app_dir, s.ssl_dir, s.aisha_log_dir,
+             f"{rendering.ACME_WEBROOT}/.well-known/acme-challenge",
+             s.selfsigned_key_path, s.selfsigned_cert_path,
+             rendering.SOCKET_UNIT_PATH, rendering.SERVICE_UNIT_PATH, rendering.LOGROTATE_PATH]
+    rendered = [rendering.SOCKET_UNIT_PATH, rendering.SERVICE_UNIT_PATH, rendering.NGINX_SITE_PATH,
+                rendering.NGINX_CERT_SNIPPET_PATH, rendering.LOGROTATE_PATH,
+                f"{s.venv_dir}/.aisha-requirements.txt"]
+    cert, key = q(s.selfsigned_cert_path), q(s.selfsigned_key_path)
+    lines = [
+        "find /var/lib/apt/periodic/update-success-stamp -mmin -60",  # apt lists fresh enough
+        "dpkg-query -W -f='${Package} ${Status}\\n' " + " ".join(PACKAGES),
+        f"getent group {q(s.aisha_user)}; getent passwd {q(s.aisha_user)}; id -gn {q(s.aisha_user)}",
+        "stat -c '%n %U %G %a' " + " ".join(q(p) for p in owned),
+        f"find {q(s.app_dir)} -type f -exec sha1sum {{}} + | sort",  # files.sync, extra files too
+        "sha1sum " + " ".join(q(p) for p in rendered),
+        f"test -e {q(s.venv_dir)}/bin/activate && echo venv ok",
+        f"readlink {q(rendering.NGINX_SITE_LINK)}; test -e /etc/nginx/sites-enabled/default || echo no default site",
+        "systemctl is-active " + " ".join(units) + "; systemctl is-enabled " + " ".join(units),
+        "grep -h '^ENABLED=' /etc/ufw/ufw.conf; grep -h '^DEFAULT_[A-Z]*_POLICY=' /etc/default/ufw; ufw show added",
+        f"openssl x509 -in {cert} -noout -enddate -ext subjectAltName "
+        f"-checkend {s.tls_selfsigned_renew_days * 86400}",
+        f"openssl x509 -in {cert} -noout -pubkey | sha256sum; openssl pkey -in {key} -pubout | sha256sum",
+        f"echo ---; cat {cert}",  # the certificate to trust for the HTTPS checks, as verify does
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def noop_floor(host: LabHost, settings, script: str, workdir: Path) -> tuple[float, str]:
+    """One SSH connection, one script; then the verify step's two HTTPS checks from here."""
+    started = time.monotonic()
+    state = host.run(script, timeout=60).stdout
+    pem = workdir / "floor-cert.pem"
+    pem.write_text(state.split("---\n", 1)[1])
+    port = settings.nginx_https_port
+    for check in (health.check_https_health, health.check_webhook_post):
+        ok, detail = check(host.address, settings.aisha_domain, port=port, ca_bundle=str(pem))
+        if not ok:
+            raise RuntimeError(f"floor: {detail}")
+    return time.monotonic() - started, state
+
+
+# --- lab hosts ------------------------------------------------------------------------------
+
+def seed_apt(source: LabHost, targets: list[LabHost]) -> None:
+    """Setup only (not measured): give new hosts the packages and lists one host has
+    already downloaded, so converging 7 hosts does not fetch it all 7 times again."""
+    for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        src = source.root / sub
+        for target in targets:
+            for item in src.iterdir():
+                if item.is_file() and item.name != "lock":
+                    shutil.copy2(item, target.root / sub / item.name)
+
+
+def summary(samples: list[float]) -> dict:
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "stdev": statistics.stdev(samples) if len(samples) > 1 else 0.0,
+        "samples": [round(s, 3) for s in samples],
+    }
+
+
+def machine() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    mem_kb = int(re.search(r"^MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text(), re.M).group(1))
+    os_name = re.search(r'^PRETTY_NAME="?(.*?)"?$', Path("/etc/os-release").read_text(), re.M)
+    return {
+        "cpu": model.group(1) if model else platform.processor(),
+        "cores": os.cpu_count(),
+        "ram_gb": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "os": os_name.group(1) if os_name else "",
+        "python": platform.python_version(),
+        "pyinfra": subprocess.run([PYINFRA, "--version"], capture_output=True, text=True).stdout.strip(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "load_at_start": os.getloadavg(),
+    }
+
+
+def git_revision(project: Path) -> str:
+    result = subprocess.run(["git", "-C", str(project), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True)
+    return result.stdout.strip() or "unknown"
+
+
+def snapshot(project: Path, dest: Path) -> Path:
+    """A copy of the deploy as it is now (code, tasks, templates), measured instead of the
+    live tree that others may be editing."""
+    ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".pytest_cache", "*.egg-info", "bench")
+    shutil.copytree(project, dest, ignore=ignore)
+    return dest
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds like Ctrl-C: the lab comes down
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- the benchmark --------------------------------------------------------------------------
+
+def measure(lab: Lab, project: Path, work: Path, runs: int, noop_runs: int, scale: tuple) -> dict:
+    data = {}
+    exec(compile((project / "group_data" / "all.py").read_text(), "all.py", "exec"), {}, data)
+    settings = build_settings({k: v for k, v in data.items() if not k.startswith("_")})
+    results: dict = {"fresh": {"total": [], "apt": [], "other": []}, "apt_floor": [], "fresh_operations": {}}
+
+    # 1. Fresh provision against apt alone, alternating which goes first.
+    converged: LabHost | None = None
+    for run in range(runs):
+        for what in (("floor", "ours") if run % 2 == 0 else ("ours", "floor")):
+            host = lab.add_hosts(count=1)[0]
+            if what == "floor":
+                seconds = apt_floor(host)
+                results["apt_floor"].append(seconds)
+                log(f"fresh {run + 1}/{runs}: apt floor {seconds:.1f} s")
+                lab.destroy_host(host)
+                continue
+            hosts_file = write_hosts_file(work / "fresh.json", [host])
+            fresh = run_pyinfra(project, hosts_file, "-v", timeout=FRESH_TIMEOUT_S)
+            fresh.deploy.check()
+            wall = fresh.wall
+            operations = operation_seconds(fresh.stamped)
+            apt = next(seconds for name, seconds in operations.items() if name.startswith("Packages | "))
+            for name, seconds in operations.items():
+                results["fresh_operations"].setdefault(name, []).append(seconds)
+            results["fresh"]["total"].append(wall)
+            results["fresh"]["apt"].append(apt)
+            results["fresh"]["other"].append(wall - apt)
+            log(f"fresh {run + 1}/{runs}: deploy {wall:.1f} s (apt {apt:.1f} s, rest {wall - apt:.1f} s)")
+            if converged is not None:
+                lab.destroy_host(converged)
+            converged = host
+
+    # 2. and 3. No-op re-runs on 1, 4, 8 converged hosts.
+    hosts = [converged]
+    if max(scale) > 1:
+        extra = lab.add_hosts(count=max(scale) - 1)
+        seed_apt(converged, extra)
+        hosts += extra
+        log(f"converging {len(extra)} more hosts (setup, not measured)")
+        run_pyinfra(project, write_hosts_file(work / "setup.json", hosts),
+                    timeout=FRESH_TIMEOUT_S).deploy.check()
+    script = noop_floor_script(settings)
+    reference_state = None
+    results["noop"] = {}
+    results["noop_floor"] = []
+    for count in scale:
+        hosts_file = write_hosts_file(work / f"noop-{count}.json", hosts[:count])
+        counting = run_pyinfra(project, hosts_file, "-vv", timeout=NOOP_TIMEOUT_S).deploy
+        check_noop(counting)
+        per_host = commands_per_host(counting.output)
+        walls, phases = [], []
+        for run in range(noop_runs):
+            noop = run_pyinfra(project, hosts_file, timeout=NOOP_TIMEOUT_S)
+            check_noop(noop.deploy)
+            walls.append(noop.wall)
+            phases.append(phase_seconds(noop))
+            if count == 1:  # its floor, interleaved so both see the same machine load
+                seconds, state = noop_floor(converged, settings, script, work)
+                if reference_state is None:
+                    reference_state = state
+                elif state != reference_state:
+                    raise RuntimeError("the floor script read a different state between runs")
+                results["noop_floor"].append(seconds)
+        results["noop"][count] = {
+            "wall": walls,
+            "commands_per_host": statistics.median(per_host.values()) if per_host else 0,
+            "phases": {k: statistics.median(p[k] for p in phases) for k in phases[0]},
+        }
+        log(f"no-op on {count} host(s): median {statistics.median(walls):.2f} s, "
+            f"{results['noop'][count]['commands_per_host']:.0f} commands per host")
+    results["noop_floor_lines"] = script.count("\n")
+    return results
+
+
+def report(results: dict, meta: dict) -> dict:
+    fresh = {k: summary(v) for k, v in results["fresh"].items()}
+    apt_floor = summary(results["apt_floor"])
+    noop = {str(n): {"wall": summary(r["wall"]), "commands_per_host": r["commands_per_host"],
+                     "phases": r["phases"]} for n, r in results["noop"].items()}
+    noop_floor = summary(results["noop_floor"])
+    one = noop["1"]["wall"]["median"]
+    ratios = {
+        "fresh_vs_apt_floor": fresh["total"]["median"] / apt_floor["median"],
+        "noop_vs_floor": one / noop_floor["median"],
+    }
+    for n in noop:
+        if n != "1":
+            ratios[f"noop_{n}_vs_1"] = noop[n]["wall"]["median"] / one
+    met = {
+        "fresh_vs_apt_floor": ratios["fresh_vs_apt_floor"] <= TARGETS["fresh_vs_apt_floor"],
+        "noop_vs_floor": ratios["noop_vs_floor"] <= TARGETS["noop_vs_floor"],
+        "noop_seconds": one < TARGETS["noop_seconds"],
+    }
+    if "noop_8_vs_1" in ratios:
+        met["noop_8_vs_1"] = ratios["noop_8_vs_1"] <= TARGETS["noop_8_vs_1"]
+    slowest = sorted(((statistics.median(v), k) for k, v in results["fresh_operations"].items()), reverse=True)
+    return {
+        **meta,
+        "fresh": fresh,
+        "fresh_slowest_operations": {name: round(seconds, 2) for seconds, name in slowest[:8]},
+        "apt_floor": apt_floor,
+        "noop": noop,
+        "noop_floor": {**noop_floor, "ssh_connections": 1, "script_lines": results["noop_floor_lines"]},
+        "ratios": ratios,
+        "targets": TARGETS,
+        "targets_met": met,
+    }
+
+
+def spread(s: dict) -> str:
+    return f"{s['median']:.2f} s ({s['min']:.2f}–{s['max']:.2f})"
+
+
+def table(r: dict) -> str:
+    t, ratio, met = r["targets"], r["ratios"], r["targets_met"]
+    mark = {True: "met", False: "missed"}
+    one = r["noop"]["1"]
+    rows = [
+        "| Measurement | Ours: median (min–max) | Floor: median (min–max) | Ours / floor | Target |",
+        "|---|---|---|---|---|",
+        f"| Fresh provision, 1 host | {spread(r['fresh']['total'])} | {spread(r['apt_floor'])} "
+        f"| {ratio['fresh_vs_apt_floor']:.2f}× | ≤ {t['fresh_vs_apt_floor']}×: {mark[met['fresh_vs_apt_floor']]} |",
+        f"| … of which the apt operation | {spread(r['fresh']['apt'])} | | | |",
+        f"| … of which everything else | {spread(r['fresh']['other'])} | | | |",
+        f"| No-op re-run, 1 host | {spread(one['wall'])}, {one['commands_per_host']:.0f} commands "
+        f"| {spread(r['noop_floor'])}, 1 script | {ratio['noop_vs_floor']:.2f}× "
+        f"| ≤ {t['noop_vs_floor']}×: {mark[met['noop_vs_floor']]}; < {t['noop_seconds']:.0f} s: {mark[met['noop_seconds']]} |",
+    ]
+    for n, result in r["noop"].items():
+        if n == "1":
+            continue
+        target = ""
+        if n == "8":
+            target = f"≤ {t['noop_8_vs_1']}× 1 host: {mark[met['noop_8_vs_1']]}"
+        rows.append(f"| No-op re-run, {n} hosts at once | {spread(result['wall'])}, "
+                    f"{result['commands_per_host']:.0f} commands per host | "
+                    f"| {ratio[f'noop_{n}_vs_1']:.2f}× 1 host | {target} |")
+    rows.append("")
+    rows.append("| No-op re-run: median seconds | " + " | ".join(f"{n} host(s)" for n in r["noop"]) + " |")
+    rows.append("|---|" + "---|" * len(r["noop"]))
+    for phase in next(iter(r["noop"].values()))["phases"]:
+        label = "pyinfra's own CPU time" if phase == "pyinfra_cpu" else phase
+        rows.append(f"| {label} | " + " | ".join(f"{v['phases'][phase]:.2f}" for v in r["noop"].values()) + " |")
+    rows.append("")
+    slow = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in list(r["fresh_slowest_operations"].items())[:5])
+    rows.append(f"Fresh provision, slowest operations (median): {slow}.")
+    m = r["machine"]
+    rows.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, kernel {m['kernel']}, "
+                f"{m['os']}; {m['pyinfra']}; {m['date']}; load {m['load_at_start'][0]:.1f} at start, "
+                f"{m['load_at_end'][0]:.1f} at end.")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3,
+                        help="fresh provisions (and apt floors) to time; no-op runs are 2N+1 (default 3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="one fresh provision, 3 no-op runs, up to 4 hosts: a smoke run (~2.5 min)")
+    parser.add_argument("--project", type=Path, default=ROOT,
+                        help="the deploy to measure (default: this repository), e.g. an older checkout")
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"default {RESULTS.relative_to(ROOT)}")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        parser.error("lab hosts need root: run as root")
+    if not 1 <= args.runs <= 20:
+        parser.error("--runs: 1 to 20")
+    runs, noop_runs, scale = (1, 3, SCALE[:2]) if args.quick else (args.runs, 2 * args.runs + 1, SCALE)
+
+    lab = Lab(LAB_NAME)
+    if lab.hosts():
+        print(f"lab {LAB_NAME} already has hosts: another benchmark running? If not, "
+              f"`aisha-infra lab down --name {LAB_NAME}`.", file=sys.stderr)
+        return 1
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+    meta = {"machine": machine(), "project": str(args.project.resolve()),
+            "revision": git_revision(args.project), "runs": runs, "noop_runs": noop_runs,
+            "quick": args.quick}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="aisha-bench-") as tmp:
+        work = Path(tmp)
+        project = snapshot(args.project, work / "project")
+        try:
+            results = measure(lab, project, work, runs, noop_runs, scale)
+        finally:
+            log("removing the lab")
+            lab.down()
+    meta["machine"]["load_at_end"] = os.getloadavg()
+    meta["seconds"] = round(time.monotonic() - started, 1)
+    final = report(results, meta)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(final, indent=2) + "\n")
+    print()
+    print(table(final))
+    print(f"\n{args.output} written; the benchmark took {meta['seconds']:.0f} s.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
