@@ -19,7 +19,7 @@ def deploy_app(settings: Settings):
         mode="0644",
         dir_mode="0755",
         exclude=["*.pyc", "__pycache__", ".git", ".venv"],
-        exclude_dir=["__pycache__", ".git", ".venv", ".pytest_cache"],
+        exclude_dir=["__pycache__", "*/__pycache__", ".git", ".venv", ".pytest_cache"],
     )
     uploads = [app_code]
     if settings.fal_jwks_file:  # configuration, not a fact: fixed for the whole run
