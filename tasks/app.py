@@ -1,9 +1,9 @@
 from pyinfra.api import deploy
-from pyinfra.operations import files, pip, server, systemd
+from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from aisha_infra import rendering
-from aisha_infra.operations.app import mirrored_directory, requirements_installed
+from aisha_infra.operations.app import lists_packages, mirrored_directory, requirements_installed, virtualenv
 from aisha_infra.settings import Settings
 
 
@@ -33,17 +33,14 @@ def deploy_app(settings: Settings):
                 mode="0644",
             )
         )
-    venv = pip.venv(
-        name=f"Create virtualenv {settings.venv_dir}",
-        path=settings.venv_dir,
-        python="python3",
-        site_packages=True,
-    )
-    requirements = requirements_installed(
-        name="Install the backend's requirements.txt",
-        venv=settings.venv_dir,
-        requirements=f"{settings.app_dir}/requirements.txt",
-    )
+    venv = virtualenv(name=f"Create virtualenv {settings.venv_dir}", path=settings.venv_dir)
+    requirements = venv  # nothing more to change when the backend needs no packages
+    if lists_packages(source / "requirements.txt"):  # the local source: fixed for the run
+        requirements = requirements_installed(
+            name="Install the backend's requirements.txt",
+            venv=settings.venv_dir,
+            requirements=f"{settings.app_dir}/requirements.txt",
+        )
 
     if settings.uses_socket_activation:
         socket_unit = files.template(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pyinfra import host, state
 from pyinfra.api import StringCommand, operation
-from pyinfra.facts.files import Sha1File
+from pyinfra.facts.files import File, Sha1File
 from pyinfra.operations import files
 
 from aisha_infra.facts.files import DirectoryTree
@@ -79,6 +79,28 @@ def mirrored_directory(src: str, dest: str, user: str, group: str, mode: str, di
     )
 
 
+def lists_packages(requirements: Path) -> bool:
+    """Does a local requirements.txt name anything to install (not only comments)?"""
+    if not requirements.is_file():
+        return False
+    return any(line.split("#", 1)[0].strip() for line in requirements.read_text().splitlines())
+
+
+@operation()
+def virtualenv(path: str):
+    """
+    A virtualenv that also sees the system's packages (python3-cryptography), without
+    pip: ensurepip is half of a fresh provision's own time, and only a backend with
+    requirements needs pip (requirements_installed adds it then).
+
+    + path: the virtualenv directory
+    """
+    if host.get_fact(File, path=f"{path}/bin/activate"):
+        host.noop(f"virtualenv {path} exists")
+        return
+    yield f"python3 -m venv --system-site-packages --without-pip {shlex.quote(path)}"
+
+
 @operation()
 def requirements_installed(venv: str, requirements: str):
     """
@@ -102,6 +124,8 @@ def requirements_installed(venv: str, requirements: str):
     r, s = shlex.quote(requirements), shlex.quote(stamp)
     # From the app directory, so relative paths in it (vendored wheels) work.
     app_dir = shlex.quote(requirements.rsplit("/", 1)[0] or "/")
+    python = shlex.quote(f"{venv}/bin/python")
     yield StringCommand(
-        f"cd {app_dir} && {shlex.quote(venv + '/bin/pip')} install --disable-pip-version-check --no-input -r {r} && cp {r} {s}"
+        f"cd {app_dir} && ({python} -m pip --version >/dev/null 2>&1 || {python} -m ensurepip --default-pip) && "
+        f"{python} -m pip install --disable-pip-version-check --no-input -r {r} && cp {r} {s}"
     )

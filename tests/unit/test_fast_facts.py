@@ -68,3 +68,14 @@ def test_missing_directory_is_never_in_sync(tmp_path):
     wanted = wanted_tree(tree(tmp_path), "root", "root", "0644", "0755", EXCLUDE, EXCLUDE_DIR)
     assert read(DirectoryTree(), str(tmp_path / "absent")) is None
     assert not in_sync(wanted, None, "/absent", EXCLUDE)
+
+
+def test_pip_only_for_requirements_that_list_packages(tmp_path):
+    from aisha_infra.operations.app import lists_packages
+
+    requirements = tmp_path / "requirements.txt"
+    assert not lists_packages(requirements)  # none at all
+    requirements.write_text("# the bundled app needs only the standard library\n\n")
+    assert not lists_packages(requirements)
+    requirements.write_text("# pinned\n--no-index\n./vendor/x-1.0-py3-none-any.whl  # vendored\n")
+    assert lists_packages(requirements)
