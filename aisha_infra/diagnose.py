@@ -45,6 +45,7 @@ from aisha_infra.tlscheck import (
     connection_finding,
     describe,
     fetch_served_chain,
+    is_ip,
     key_match_finding,
     load_public_key,
     load_trust_store,
@@ -176,7 +177,7 @@ def diagnose(
 
 def check_dns(domain: str, address: str | None, resolve: Resolver = resolve_addresses) -> tuple[list[Finding], list[str]]:
     """Does `domain` resolve, and to `address`? fal finds the server through public DNS."""
-    if _is_ip(domain):
+    if is_ip(domain):
         return [
             Finding(
                 "dns",
@@ -853,14 +854,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # --- small helpers ---------------------------------------------------------------------------------
-
-
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _last_line(text: str) -> str:

@@ -628,7 +628,7 @@ def fetch_served_chain(address: str, port: int, domain: str, timeout: float = 10
     via `openssl s_client -showcerts` (bounded by `timeout`)."""
     host = f"[{address}]" if ":" in address else address
     command = ["openssl", "s_client", "-connect", f"{host}:{port}", "-showcerts"]
-    if not _is_ip(domain):
+    if not is_ip(domain):
         command += ["-servername", domain]
     try:
         result = subprocess.run(
@@ -704,7 +704,7 @@ def _s_client_error(stderr: str) -> str:
     return lines[-1] if lines else "no certificate received"
 
 
-def _is_ip(value: str) -> bool:
+def is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
     except ValueError:
