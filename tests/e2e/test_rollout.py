@@ -170,3 +170,23 @@ def test_canary_that_fails_only_the_gate_stops_before_production(fleet):
     line = next(line for line in run.summary().splitlines() if line.startswith(f"  {fleet.canary.name} "))
     assert "gate FAILED: https-health" in line and "deploy FAILED" not in line
     assert [snapshot(host) for host in fleet.production] == before
+
+
+def test_fail_percent_tolerates_a_broken_production_host(fleet):
+    path = fleet.hosts_file()
+    entries = json.loads(path.read_text())
+    broken, healthy = fleet.production
+    entries[1]["data"].update(BROKEN_APP)  # the first production host only
+    path.write_text(json.dumps(entries, indent=2))
+
+    run = run_rollout(path, *GATE, "--fail-percent", "50")
+
+    assert run.returncode == 0, run.output[-6000:]
+    summary = run.summary()
+    # its failed verification failed that host only: the other one deployed and passed
+    broken_line = next(line for line in summary.splitlines() if line.startswith(f"  {broken.name} "))
+    healthy_line = next(line for line in summary.splitlines() if line.startswith(f"  {healthy.name} "))
+    assert "FAILED" in broken_line, broken_line
+    assert "gate passed" in healthy_line, healthy_line
+    assert serves_health(fleet.canary, fleet.work) and serves_health(healthy, fleet.work)
+    assert not serves_health(broken, fleet.work)
