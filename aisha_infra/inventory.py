@@ -6,24 +6,13 @@ import json
 import os
 from pathlib import Path
 
-GROUPS = ("canary", "production")
-DEFAULT_LAB = "demo"
+from aisha_infra.lab import DEFAULT_LAB, lab_hosts_file, pyinfra_ssh_data
 
-# pyinfra SSH settings for throwaway lab hosts: their host keys change on every boot.
-LAB_SSH_DATA = {
-    "ssh_user": "root",
-    "ssh_known_hosts_file": "/dev/null",
-    "ssh_strict_host_key_checking": "off",
-}
+GROUPS = ("canary", "production")
 
 
 class InventoryError(RuntimeError):
     pass
-
-
-def _lab_hosts_file(lab: str) -> Path:
-    root = Path(os.environ.get("AISHA_LAB_DIR", "/var/lib/aisha-lab"))
-    return root / lab / "hosts.json"
 
 
 def read_hosts_file(path: Path, lab: bool) -> dict[str, list]:
@@ -37,7 +26,8 @@ def read_hosts_file(path: Path, lab: bool) -> dict[str, list]:
         entries = entries.get("hosts", [])
     groups: dict[str, list] = {group: [] for group in GROUPS}
     for entry in entries:
-        data = dict(LAB_SSH_DATA) if lab else {}
+        # lab hosts: connect exactly as the lab says (its key; host keys new at every boot)
+        data = pyinfra_ssh_data(entry["ssh_key"]) if lab else {}
         for key in ("ssh_key", "ssh_user"):
             if entry.get(key):
                 data[key] = entry[key]
@@ -56,7 +46,7 @@ def load_groups() -> dict[str, list]:
     if os.environ.get("AISHA_HOSTS"):
         return read_hosts_file(Path(os.environ["AISHA_HOSTS"]), lab=False)
     lab = os.environ.get("AISHA_LAB", DEFAULT_LAB)
-    path = _lab_hosts_file(lab)
+    path = lab_hosts_file(lab)
     if not path.exists():
         raise InventoryError(
             f"no hosts: the lab {lab!r} is not up ({path} is missing). "

@@ -48,7 +48,7 @@ from aisha_infra.lab_image import (
 
 __all__ = [
     "Lab", "LabHost", "HostStatus", "LabError", "RemoteCommandError",
-    "lab_hosts_file", "state_root", "register",
+    "lab_hosts_file", "pyinfra_ssh_data", "state_root", "register",
 ]
 
 DEFAULT_LAB = "demo"
@@ -136,14 +136,19 @@ class LabHost:
 
     def pyinfra_host(self) -> tuple[str, dict]:
         """This host as a pyinfra inventory entry for the SSH connector."""
-        return self.address, {
-            "ssh_user": "root",
-            "ssh_key": str(self.ssh_key),
-            "ssh_known_hosts_file": "/dev/null",  # every lab host is new: nothing to remember
-            "ssh_strict_host_key_checking": "off",
-            "ssh_allow_agent": False,
-            "ssh_look_for_keys": False,
-        }
+        return self.address, pyinfra_ssh_data(self.ssh_key)
+
+
+def pyinfra_ssh_data(ssh_key: Path | str) -> dict:
+    """pyinfra's SSH connector data for any lab host: root with the lab's key."""
+    return {
+        "ssh_user": "root",
+        "ssh_key": str(ssh_key),
+        "ssh_known_hosts_file": "/dev/null",  # every lab host is new: nothing to remember
+        "ssh_strict_host_key_checking": "off",
+        "ssh_allow_agent": False,
+        "ssh_look_for_keys": False,
+    }
 
 
 @dataclass
