@@ -327,12 +327,12 @@ def gate_target(name: str, data: dict, settings: Settings, workdir: Path,
     verification uses them: verify_ca_bundle if set; else in self-signed mode exactly
     the certificate deployed on the host (fetched back); else the system trust store.
     Raises OSError when the certificate cannot be fetched."""
-    address = settings.verify_address or data.get("ssh_hostname") or name
+    address = settings.endpoint_address(name, data)
     ca_bundle = settings.verify_ca_bundle
-    if ca_bundle is None and settings.tls_mode == "self-signed":
-        pem = fetch(name, data, settings.selfsigned_cert_path)
+    if settings.pinned_certificate:
+        pem = fetch(name, data, settings.pinned_certificate)
         if "-----BEGIN CERTIFICATE-----" not in pem:
-            raise OSError(f"{settings.selfsigned_cert_path} holds no PEM certificate")
+            raise OSError(f"{settings.pinned_certificate} holds no PEM certificate")
         pinned = workdir / (re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".pem")
         pinned.write_text(pem)
         ca_bundle = str(pinned)
@@ -434,7 +434,7 @@ def deploy_stage(stage: Stage, options: Options, hosts_data: dict[str, dict], se
             try:
                 targets.append(gate_target(name, hosts_data[name], settings[name], workdir))
             except OSError as exc:
-                path = settings[name].selfsigned_cert_path
+                path = settings[name].pinned_certificate
                 outcome.failure = ("tls-trust", f"cannot fetch the deployed certificate {path} over SSH: {exc}")
                 echo(f"  {name}: {outcome.failure[1]}")
         failures_left = allowed - sum(o.failure is not None for o in result.hosts.values())

@@ -131,6 +131,19 @@ class Settings:
     def selfsigned_cert_path(self) -> str:
         return f"{self.ssl_dir}/{self.aisha_domain.replace('.', '_')}.crt"
 
+    def endpoint_address(self, name: str, data) -> str:
+        """Where the control machine reaches this host's HTTPS endpoint: verify_address,
+        else the address pyinfra connects to (`data`'s ssh_hostname, else the host name)."""
+        return self.verify_address or data.get("ssh_hostname") or name
+
+    @property
+    def pinned_certificate(self) -> str | None:
+        """The certificate on the host that checks from the control machine trust: the
+        deployed self-signed one, unless verify_ca_bundle or Let's Encrypt says otherwise."""
+        if self.verify_ca_bundle is None and self.tls_mode == "self-signed":
+            return self.selfsigned_cert_path
+        return None
+
     @property
     def letsencrypt_domains(self) -> list[str]:
         return [self.aisha_domain, *self.letsencrypt_extra_domains]

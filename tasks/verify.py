@@ -7,10 +7,7 @@ from aisha_infra.settings import Settings
 
 @deploy("Verify")
 def verify_endpoint(settings: Settings):
-    address = settings.verify_address or host.data.get("ssh_hostname") or host.name
-    pinned = None
-    if settings.verify_ca_bundle is None and settings.tls_mode == "self-signed":
-        pinned = settings.selfsigned_cert_path  # trust exactly the certificate we deployed
+    address = settings.endpoint_address(host.name, host.data)
     https_endpoint(
         name=f"HTTPS health and webhook from the control machine (via {address})",
         address=address,
@@ -18,6 +15,6 @@ def verify_endpoint(settings: Settings):
         port=settings.nginx_https_port,
         webhook_url=settings.webhook_url,
         ca_bundle=settings.verify_ca_bundle,
-        pinned_cert=pinned,
+        pinned_cert=settings.pinned_certificate,  # trust exactly the certificate we deployed
         fallback_cert=settings.selfsigned_cert_path if settings.tls_mode == "letsencrypt" else None,
     )
