@@ -3,8 +3,8 @@ from pyinfra.operations import files, systemd
 
 from aisha_infra import rendering
 from aisha_infra.operations import letsencrypt
-from aisha_infra.operations.nginx import certificate_snippet
 from aisha_infra.settings import Settings
+from tasks.nginx import point_site_at_certificate
 
 REMOTE_ACME_CA = "/etc/letsencrypt/aisha-acme-ca.pem"
 
@@ -53,14 +53,7 @@ def obtain_certificate(settings: Settings):
         ca_bundle_remote=ca_bundle,
         on_failure=settings.letsencrypt_on_failure,
     )
-    snippet = certificate_snippet(
-        name="Serve the Let's Encrypt certificate once it exists",
-        dest=rendering.NGINX_CERT_SNIPPET_PATH,
-        selfsigned_cert=settings.selfsigned_cert_path,
-        selfsigned_key=settings.selfsigned_key_path,
-        letsencrypt_live_dir=settings.letsencrypt_live_dir,
-        names=settings.letsencrypt_domains,
-    )
+    snippet = point_site_at_certificate(settings, name="Serve the Let's Encrypt certificate once it exists")
     systemd.service(
         name="Reload nginx for the new certificate",
         service="nginx.service",

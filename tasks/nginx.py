@@ -15,6 +15,19 @@ def nginx_wants_http2_directive() -> bool:
     return release["name"] == "Debian" and (release["major"] or 0) >= 13
 
 
+def point_site_at_certificate(settings: Settings, name: str):
+    """The certificate snippet: Let's Encrypt's files once they exist (letsencrypt mode),
+    the self-signed pair until then."""
+    return certificate_snippet(
+        name=name,
+        dest=rendering.NGINX_CERT_SNIPPET_PATH,
+        selfsigned_cert=settings.selfsigned_cert_path,
+        selfsigned_key=settings.selfsigned_key_path,
+        letsencrypt_live_dir=settings.letsencrypt_live_dir if settings.tls_mode == "letsencrypt" else None,
+        names=settings.letsencrypt_domains,
+    )
+
+
 @deploy("Nginx")
 def configure_site(settings: Settings, certificate_changes: list):
     files.directory(
@@ -30,14 +43,7 @@ def configure_site(settings: Settings, certificate_changes: list):
         path="/etc/nginx/sites-enabled/default",
         present=False,
     )
-    snippet = certificate_snippet(
-        name="Point the site at its certificate",
-        dest=rendering.NGINX_CERT_SNIPPET_PATH,
-        selfsigned_cert=settings.selfsigned_cert_path,
-        selfsigned_key=settings.selfsigned_key_path,
-        letsencrypt_live_dir=settings.letsencrypt_live_dir if settings.tls_mode == "letsencrypt" else None,
-        names=settings.letsencrypt_domains,
-    )
+    snippet = point_site_at_certificate(settings, name="Point the site at its certificate")
     site = validated_config(
         name=f"Render the webhook site (TLS on {settings.nginx_https_port}), live only if nginx -t passes",
         template="nginx/aisha-webhook.conf.j2",
