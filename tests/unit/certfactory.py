@@ -72,7 +72,7 @@ def make_root(common_name: str = "Aisha Test Root CA") -> Issued:
     cert = (
         _builder(name, name, key.public_key(), NOW - 30 * DAY, NOW + 3650 * DAY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(_key_usage(ca=True), critical=True)
         .sign(key, hashes.SHA256())
     )
     return Issued(cert, key)
@@ -89,7 +89,7 @@ def make_intermediate(issuer: Issued, common_name: str = "Aisha Test Intermediat
             NOW + 1825 * DAY,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(_authority_key_id(issuer.key), critical=False)
         .sign(issuer.key, hashes.SHA256())
     )
@@ -111,7 +111,7 @@ def make_leaf(
     cert = (
         _builder(_name(names[0]), issuer.cert.subject, key.public_key(), not_before, not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_leaf_key_usage(), critical=True)
+        .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(_general_names(names)), critical=False)
         .add_extension(_authority_key_id(issuer.key), critical=False)
@@ -155,29 +155,16 @@ def _authority_key_id(issuer_key: ec.EllipticCurvePrivateKey) -> x509.AuthorityK
     return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key())
 
 
-def _ca_key_usage() -> x509.KeyUsage:
+def _key_usage(ca: bool) -> x509.KeyUsage:
+    """Let's Encrypt's shape: CAs sign certificates and CRLs, leaves only sign handshakes."""
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
         key_encipherment=False,
         data_encipherment=False,
         key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _leaf_key_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
         encipher_only=False,
         decipher_only=False,
     )
