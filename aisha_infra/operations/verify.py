@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import tempfile
 import time
+from pathlib import Path
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
@@ -32,14 +33,18 @@ def _settled_health(address: str, domain: str, port: int, trust: str | None) -> 
         time.sleep(SETTLE_INTERVAL)
 
 
+# Certificates fetched back from hosts, one file per host and path; removed at exit.
+_FETCHED = tempfile.TemporaryDirectory(prefix="aisha-verify-")
+
+
 def _fetch_certificate(path: str) -> str | None:
-    """Copy a certificate from the host to a temporary file here, to trust exactly it."""
+    """Copy a certificate from the host to a file here, to trust exactly it."""
     lines = host.get_fact(FileContents, path=path)
     if not lines:
         return None
-    with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False, prefix="aisha-cert-") as pem:
-        pem.write("\n".join(lines) + "\n")
-    return pem.name
+    pem = Path(_FETCHED.name) / f"{host.name}-{Path(path).name}"
+    pem.write_text("\n".join(lines) + "\n")
+    return str(pem)
 
 
 def _fail_host(state, host, message: str) -> bool:
