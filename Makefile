@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST_PACKAGES := debootstrap systemd-container iptables nginx-light pebble openssl
 
-.PHONY: demo test test-unit venv host-tools demo-down bench clean
+.PHONY: demo test test-unit venv host-tools demo-down bench
 
 $(BIN)/pyinfra: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
