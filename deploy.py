@@ -5,7 +5,7 @@ before nginx references it, the firewall opens SSH before it closes anything,
 and Let's Encrypt's HTTP-01 challenge needs nginx and port 80 up first.
 """
 
-from pyinfra import host, state
+from pyinfra import host
 
 from aisha_infra.config import validate_inventory
 from tasks.app import deploy_app
@@ -19,7 +19,7 @@ from tasks.tls import ensure_certificates
 from tasks.verify import verify_endpoint
 
 # Every host's settings are checked before the first operation anywhere.
-settings = validate_inventory(state)[host.name]
+settings = validate_inventory(host.state)[host.name]
 
 send_without_delay()
 

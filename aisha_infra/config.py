@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from weakref import WeakKeyDictionary
+
 from pyinfra.api.exceptions import PyinfraError
 
 from aisha_infra.settings import Settings, SettingsError, build_settings
@@ -11,9 +13,15 @@ def settings_for(host) -> Settings:
     return build_settings(host.data.dict(), where=host.name)
 
 
+# deploy.py runs once per host: the inventory is validated on the first run only.
+_VALIDATED: WeakKeyDictionary = WeakKeyDictionary()
+
+
 def validate_inventory(state) -> dict[str, Settings]:
     """Validate every host's settings at once, before any operation is prepared
     anywhere; raise one error that lists every bad key of every host."""
+    if state in _VALIDATED:
+        return _VALIDATED[state]
     problems, settings = [], {}
     for inventory_host in state.inventory:
         try:
@@ -22,4 +30,5 @@ def validate_inventory(state) -> dict[str, Settings]:
             problems.append(str(exc))
     if problems:
         raise PyinfraError("\n".join(problems))
+    _VALIDATED[state] = settings
     return settings
