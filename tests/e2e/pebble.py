@@ -8,7 +8,6 @@ address, so HTTP-01 validation reaches the host's real nginx on port 80.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import signal
@@ -18,13 +17,9 @@ import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from ipaddress import ip_address
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tests.unit.certfactory import make_leaf, make_root, write_pem
 
 ACME_NAME = "pebble.test"
 
@@ -37,26 +32,11 @@ def _free_port() -> int:
 
 def _write_https_identity(directory: Path, address: str) -> tuple[Path, Path, Path]:
     """A CA and a server certificate for Pebble's own HTTPS (name pebble.test + address)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aisha-infra test ACME CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ACME_NAME)]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(ACME_NAME), x509.IPAddress(ip_address(address))]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    ca_path, cert_path, key_path = directory / "acme-ca.pem", directory / "pebble.pem", directory / "pebble.key"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    ca = make_root("aisha-infra test ACME CA")
+    server = make_leaf(ca, [ACME_NAME, address])
+    ca_path = write_pem(directory / "acme-ca.pem", ca.pem)
+    cert_path = write_pem(directory / "pebble.pem", server.pem)
+    key_path = write_pem(directory / "pebble.key", server.key_pem)
     key_path.chmod(0o600)
     return ca_path, cert_path, key_path
 
