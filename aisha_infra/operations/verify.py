@@ -102,9 +102,10 @@ def https_endpoint(
     degraded = None
     if not ok and fallback_cert and host.name in ISSUANCE_FAILURES:
         fallback = _fetch_certificate(fallback_cert)
-        if fallback and health.check_https_health(address, domain, port=port, ca_bundle=fallback)[0]:
-            degraded, trust = ISSUANCE_FAILURES[host.name], fallback
-            ok, detail = health.check_https_health(address, domain, port=port, ca_bundle=trust)
+        if fallback:
+            fallback_ok, fallback_detail = health.check_https_health(address, domain, port=port, ca_bundle=fallback)
+            if fallback_ok:
+                degraded, trust, ok, detail = ISSUANCE_FAILURES[host.name], fallback, True, fallback_detail
 
     if not ok:
         yield FunctionCommand(_fail_host, (f"HTTPS health check failed for https://{domain}:{port}/health via {address}: {detail}",), {})
