@@ -101,6 +101,22 @@ class Settings:
     # Port sshd listens on; allowed before ufw is enabled so SSH is never cut.
     ssh_port: int = 22
 
+    # --- event store backups ----------------------------------------------------
+    # Snapshot the event store on a timer (SQLite online backup: consistent while webhooks
+    # arrive). None = on for the bundled app, off for your own backend (whose store we do not know).
+    backup_enabled: bool | None = None
+    # Minutes between two snapshots.
+    backup_interval_minutes: int = 60
+    # Snapshots kept on the host; older ones are deleted.
+    backup_keep: int = 48
+    # Where snapshots are kept: root only (directory 0700, files 0600), out of the app user's reach.
+    backup_dir: str = "/var/backups/aisha"
+    # Snapshot from `aisha-infra events pull` (checked here first: SQLite, integrity_check ok,
+    # the app's schema), restored when the host has no event store yet.
+    events_restore_archive: str | None = None
+    # Delete events older than this many days from the live store at each backup; None = keep all.
+    events_keep_days: int | None = None
+
     # --- end-of-run verification (from the control machine) -------------------
     # Check HTTPS health and the webhook path at the end of the run.
     verify_enabled: bool = True
@@ -177,6 +193,16 @@ class Settings:
         return f"{self.venv_dir}/bin/python -m aisha_webhook_api serve"
 
     @property
+    def backups_on(self) -> bool:
+        if self.backup_enabled is None:
+            return self.uses_bundled_app
+        return self.backup_enabled
+
+    @property
+    def events_database_path(self) -> str:
+        return f"{self.aisha_data_dir}/events.sqlite3"
+
+    @property
     def webhook_url(self) -> str:
         return f"https://{self.aisha_domain}:{self.nginx_https_port}/api/v1/avatar/status_update"
 
@@ -184,7 +210,8 @@ class Settings:
 SETTING_NAMES = tuple(f.name for f in fields(Settings))
 # Prefixes that mark a data key as ours, so a misspelt one is caught instead of ignored.
 # (ssh_ is pyinfra's own: ssh_user, ssh_key, ...)
-OUR_PREFIXES = ("aisha_", "app_", "fal_", "nginx_", "tls_", "letsencrypt_", "firewall_", "verify_")
+OUR_PREFIXES = ("aisha_", "app_", "fal_", "nginx_", "tls_", "letsencrypt_", "firewall_", "verify_",
+                "backup_", "events_")
 
 
 class SettingsError(ValueError):
@@ -317,6 +344,50 @@ def _check_each(values: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
+def _backup_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """The event store backup settings, alone and together."""
+    from aisha_infra.snapshots import snapshot_problem  # it runs the bundled backend's check
+
+    problems = []
+    for key in ("backup_interval_minutes", "backup_keep"):
+        message = _positive_int_problem(values[key])
+        if message:
+            problems.append((key, message))
+    enabled = values["backup_enabled"]
+    if enabled is not None and not isinstance(enabled, bool):
+        problems.append(("backup_enabled", f"{enabled!r} is not True, False or None"))
+    own_backend = values["app_source"] is not None
+    if enabled is True and own_backend:
+        problems.append(("backup_enabled", "backs up the bundled app's event store; your own backend (app_source) keeps its own data"))
+    backup_dir, data_dir = values["backup_dir"], str(values["aisha_data_dir"])
+    message = _abs_path_problem(backup_dir)
+    if message:
+        problems.append(("backup_dir", message))
+    elif backup_dir == data_dir or backup_dir.startswith(data_dir + "/") or data_dir.startswith(backup_dir + "/"):
+        problems.append(("backup_dir", f"{backup_dir!r} overlaps aisha_data_dir {data_dir!r}, which the app user can write; "
+                                       "keep snapshots apart, e.g. '/var/backups/aisha'"))
+    keep_days = values["events_keep_days"]
+    if keep_days is not None:
+        message = _positive_int_problem(keep_days)
+        if message:
+            problems.append(("events_keep_days", f"{message} (days), or None to keep every event"))
+        elif enabled is False or own_backend:
+            problems.append(("events_keep_days", "pruning runs with the backups: it needs backup_enabled and the bundled app"))
+    archive = values["events_restore_archive"]
+    if archive is not None:
+        message = _file_problem(archive)
+        if not message and own_backend:
+            message = "restores the bundled app's event store; remove it when app_source is set"
+        if not message:
+            fault = snapshot_problem(archive)
+            if fault:
+                message = (f"{archive!r} is not a usable event snapshot: {fault}. "
+                           "Use a file written by `aisha-infra events pull`.")
+        if message:
+            problems.append(("events_restore_archive", message))
+    return problems
+
+
 def _check_together(values: dict[str, Any]) -> list[tuple[str, str]]:
     """Problems that only show when values are seen together."""
     problems = []
@@ -366,7 +437,7 @@ def build_settings(data: dict[str, Any], where: str = "") -> Settings:
     if isinstance(values["letsencrypt_extra_domains"], list):
         values["letsencrypt_extra_domains"] = tuple(values["letsencrypt_extra_domains"])
 
-    problems = unknown_keys(data) + _check_each(values) + _check_together(values)
+    problems = unknown_keys(data) + _check_each(values) + _check_together(values) + _backup_problems(values)
     if problems:
         prefix = f"{where}: " if where else ""
         lines = [f"  {key}: {message}" for key, message in problems]

@@ -3,6 +3,7 @@
     python -m aisha_webhook_api [serve]
     python -m aisha_webhook_api events list [--limit N] [--status OK|ERROR]
     python -m aisha_webhook_api events export [--format jsonl] [--output FILE]
+    python -m aisha_webhook_api events snapshot|verify|keep|prune ...  (backups: see backup.py)
 
 Every command reads its settings from the environment (see config.SETTINGS).
 """
@@ -15,9 +16,10 @@ import logging
 import os
 import sqlite3
 import sys
+from pathlib import Path
 from typing import TextIO
 
-from aisha_webhook_api import __version__
+from aisha_webhook_api import __version__, backup
 from aisha_webhook_api.config import SETTINGS, ConfigError, Settings
 from aisha_webhook_api.store import EventStore, StoreUnavailable
 
@@ -66,7 +68,39 @@ def build_parser() -> argparse.ArgumentParser:
     export = events_commands.add_parser("export", help="every event, oldest first, as JSON lines")
     export.add_argument("--format", choices=("jsonl",), default="jsonl")
     export.add_argument("--output", help="file to write instead of stdout")
+    add_backup_commands(events_commands)
     return parser
+
+
+def add_backup_commands(events_commands) -> None:
+    snapshot = events_commands.add_parser(
+        "snapshot", help="consistent copy of the database (SQLite online backup), safe while serving")
+    snapshot.add_argument("--output", required=True, help="new file to write (mode 0600)")
+    verify = events_commands.add_parser(
+        "verify", help="check a snapshot: SQLite, integrity_check ok, this backend's schema")
+    verify.add_argument("snapshot")
+    keep = events_commands.add_parser(
+        "keep", help="copy a snapshot into a private directory and keep only the newest N")
+    keep.add_argument("snapshot")
+    keep.add_argument("--into", required=True, help="directory of kept snapshots (made 0700)")
+    keep.add_argument("--keep", type=_positive_int, required=True, help="snapshots to keep")
+    prune = events_commands.add_parser("prune", help="delete events older than N days")
+    prune.add_argument("--older-than-days", type=_positive_int, required=True)
+
+
+def run_backup_file_command(args: argparse.Namespace) -> int:
+    """`verify` and `keep`: commands on snapshot files, not on the live database."""
+    path = Path(args.snapshot)
+    if args.events_command == "verify":
+        problem = backup.snapshot_problem(path)
+        if problem:
+            log.error("%s is not a usable event snapshot: %s", path, problem)
+            return 1
+        print(f"{path}: ok, {backup.count_events(path)} events")
+        return 0
+    kept = backup.keep_snapshot(path, Path(args.into), args.keep)
+    log.info("kept snapshot %s (newest %d kept in %s)", kept, args.keep, args.into)
+    return 0
 
 
 def _positive_int(text: str) -> int:
@@ -85,11 +119,13 @@ def main(argv: list[str] | None = None) -> int:
             from aisha_webhook_api.server import serve
 
             return serve(settings)
+        if args.events_command in ("verify", "keep"):
+            return run_backup_file_command(args)
         return run_events(args, settings)
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2
-    except (OSError, sqlite3.Error, StoreUnavailable) as exc:
+    except (OSError, sqlite3.Error, StoreUnavailable, backup.SnapshotError) as exc:
         log.error("failed: %s", exc)
         return 1
 
@@ -100,8 +136,17 @@ def run_events(args: argparse.Namespace, settings: Settings) -> int:
         log.error("no event database at %s (AISHA_DATA_DIR=%s)", path, settings.data_dir)
         return 1
     # opened before dropping root, so root can still export into its own directories
-    output = open(args.output, "w", encoding="utf-8") if getattr(args, "output", None) else None
+    exporting_to_file = args.events_command == "export" and args.output
+    output = open(args.output, "w", encoding="utf-8") if exporting_to_file else None
     _become_owner_of(path)
+    if args.events_command == "snapshot":
+        events = backup.snapshot(path, Path(args.output))
+        log.info("snapshot of %s written to %s: %d events", path, args.output, events)
+        return 0
+    if args.events_command == "prune":
+        removed = backup.prune(path, args.older_than_days)
+        log.info("pruned %d events older than %d days from %s", removed, args.older_than_days, path)
+        return 0
     store = EventStore(path, create=False)
     try:
         if args.events_command == "list":
