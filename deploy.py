@@ -9,6 +9,7 @@ from pyinfra import host
 
 from aisha_infra.config import validate_inventory
 from tasks.app import deploy_app
+from tasks.backup import remove_backups, restore_events, schedule_backups
 from tasks.connection import send_without_delay
 from tasks.firewall import configure_firewall
 from tasks.letsencrypt import obtain_certificate
@@ -25,7 +26,13 @@ send_without_delay()
 
 install_packages(settings)
 create_service_user(settings)
+if settings.events_restore_archive:
+    restore_events(settings)
 deploy_app(settings)
+if settings.backups_on:
+    schedule_backups(settings)
+else:
+    remove_backups(settings)
 certificate_changes = ensure_certificates(settings)
 configure_site(settings, certificate_changes)
 if settings.firewall_enabled:

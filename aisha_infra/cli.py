@@ -12,6 +12,7 @@ COMMANDS = {
     "diagnose": "aisha_infra.diagnose",
     "rollout": "aisha_infra.rollout",
     "certs": "aisha_infra.certs",
+    "events": "aisha_infra.events",
 }
 
 

@@ -27,6 +27,9 @@ SOCKET_UNIT_PATH = "/etc/systemd/system/aisha-api.socket"
 LOGROTATE_PATH = "/etc/logrotate.d/aisha"
 CERTBOT_DROPIN_PATH = "/etc/systemd/system/certbot.service.d/aisha-acme-ca.conf"
 RENEWAL_HOOK_PATH = "/etc/letsencrypt/renewal-hooks/deploy/aisha-reload-nginx.sh"
+BACKUP_SERVICE_PATH = "/etc/systemd/system/aisha-backup.service"
+BACKUP_TIMER_PATH = "/etc/systemd/system/aisha-backup.timer"
+BACKUP_STAGING_DIRECTORY = "aisha-backup"  # below /run, the backup service's RuntimeDirectory
 ACME_WEBROOT = "/var/www/aisha-acme"
 REMOTE_JWKS_NAME = "fal-jwks.json"
 
@@ -130,3 +133,23 @@ def logrotate_context(s: Settings) -> dict:
 
 def renewal_hook_context(s: Settings) -> dict:
     return {}
+
+
+def backup_service_context(s: Settings) -> dict:
+    return {
+        "service_user": s.aisha_user,
+        "app_dir": s.app_dir,
+        "python": f"{s.venv_dir}/bin/python",
+        "data_dir": s.aisha_data_dir,
+        "database": s.events_database_path,
+        "state_directory": s.aisha_data_dir.removeprefix("/var/lib/"),
+        "staging_directory": BACKUP_STAGING_DIRECTORY,
+        "staged_snapshot": f"/run/{BACKUP_STAGING_DIRECTORY}/events.sqlite3",
+        "backup_dir": s.backup_dir,
+        "keep": s.backup_keep,
+        "keep_days": s.events_keep_days,
+    }
+
+
+def backup_timer_context(s: Settings) -> dict:
+    return {"interval_minutes": s.backup_interval_minutes}

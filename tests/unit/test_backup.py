@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aisha_infra.settings import BUNDLED_BACKEND
+from aisha_infra.settings import BUNDLED_BACKEND, SettingsError, build_settings
 
 sys.path.insert(0, str(BUNDLED_BACKEND))
 
@@ -37,6 +37,13 @@ def request_ids(path: Path) -> set[str]:
 def events_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "aisha_webhook_api", "events", *args], cwd=BUNDLED_BACKEND,
                           env=env, capture_output=True, text=True, timeout=60)
+
+
+def corrupted(snapshot: Path) -> bytes:
+    data = bytearray(snapshot.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    data[page_size + 8: 2 * page_size] = b"\xff" * (page_size - 8)  # page 2: the events table's root
+    return bytes(data)
 
 
 @pytest.fixture
@@ -104,10 +111,7 @@ def test_snapshot_problem_catches_a_corrupted_page(store, tmp_path):
         store.add(event(f"e-{n}"))
     snap = tmp_path / "snap.sqlite3"
     backup.snapshot(store.path, snap)
-    data = bytearray(snap.read_bytes())
-    page_size = int.from_bytes(data[16:18], "big")
-    data[2 * page_size + 100: 2 * page_size + 400] = b"\xff" * 300  # inside a b-tree page
-    snap.write_bytes(bytes(data))
+    snap.write_bytes(corrupted(snap))
     problem = backup.snapshot_problem(snap)
     assert problem and ("integrity_check" in problem or "SQLite cannot read it" in problem)
 
@@ -162,3 +166,55 @@ def test_events_commands_snapshot_verify_keep_prune(store, tmp_path):
     (tmp_path / "junk").write_text("not a database")
     refused = events_cli("verify", str(tmp_path / "junk"), env=env)
     assert refused.returncode == 1 and "not an SQLite database" in refused.stderr
+
+
+# --- settings: bad backup input is refused before any host is touched ------------------
+
+def settings_error(**data) -> str:
+    with pytest.raises(SettingsError) as error:
+        build_settings({"aisha_domain": "aibots.test", **data})
+    return str(error.value)
+
+
+def test_backups_are_on_for_the_bundled_app_only(tmp_path):
+    assert build_settings({"aisha_domain": "aibots.test"}).backups_on
+    own = build_settings({"aisha_domain": "aibots.test", "app_source": str(tmp_path), "app_start_command": "/bin/true"})
+    assert not own.backups_on
+    assert "backup_enabled: backs up the bundled app's event store" in settings_error(
+        app_source=str(tmp_path), app_start_command="/bin/true", backup_enabled=True)
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"backup_keep": 0}, "backup_keep: 0 is not a positive integer"),
+    ({"backup_interval_minutes": "60"}, "backup_interval_minutes: '60' is not a positive integer"),
+    ({"backup_enabled": "yes"}, "backup_enabled: 'yes' is not True, False or None"),
+    ({"backup_dir": "/var/lib/aisha/backups"}, "backup_dir: '/var/lib/aisha/backups' overlaps aisha_data_dir"),
+    ({"backup_dir": "backups"}, "backup_dir: 'backups' is not an absolute path"),
+    ({"events_keep_days": 0}, "events_keep_days: 0 is not a positive integer (days)"),
+    ({"events_keep_days": 30, "backup_enabled": False}, "events_keep_days: pruning runs with the backups"),
+    ({"backup_intervall_minutes": 5}, "did you mean 'backup_interval_minutes'"),
+    ({"events_restore_archive": "/nonexistent.sqlite3"}, "is not a file on the control machine"),
+])
+def test_bad_backup_settings_are_named(data, words):
+    assert words in settings_error(**data)
+
+
+def test_restore_archive_is_checked_on_the_control_machine(store, tmp_path):
+    store.add(event("carried"))
+    good = tmp_path / "good.sqlite3"
+    backup.snapshot(store.path, good)
+    assert build_settings({"aisha_domain": "aibots.test", "events_restore_archive": str(good)}).events_restore_archive
+
+    not_sqlite = tmp_path / "events.jsonl"
+    not_sqlite.write_text('{"request_id": "x"}\n')
+    assert "events_restore_archive: " in settings_error(events_restore_archive=str(not_sqlite))
+    assert "not an SQLite database (wrong file header)" in settings_error(events_restore_archive=str(not_sqlite))
+
+    other_schema = tmp_path / "other.sqlite3"
+    sqlite3.connect(other_schema).executescript("CREATE TABLE events (id INTEGER); PRAGMA user_version=1;")
+    assert "its events table has columns ('id',)" in settings_error(events_restore_archive=str(other_schema))
+
+    corrupt = tmp_path / "corrupt.sqlite3"
+    corrupt.write_bytes(corrupted(good))
+    message = settings_error(events_restore_archive=str(corrupt))
+    assert "events_restore_archive" in message and ("integrity_check" in message or "SQLite cannot read it" in message)

@@ -128,3 +128,30 @@ def test_site_uses_the_http2_directive_on_newer_nginx():
     new = rendering.render("nginx/aisha-webhook.conf.j2", rendering.site_context(settings, http2_directive=True))
     assert "listen 8443 ssl http2;" in old and "http2 on;" not in old
     assert "listen 8443 ssl;" in new and "http2 on;" in new and "ssl http2" not in new
+
+
+@pytest.mark.parametrize("extra", [{}, {"events_keep_days": 30, "backup_interval_minutes": 15, "backup_keep": 3}])
+def test_backup_units_pass_systemd_analyze_verify(tmp_path, extra):
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    base = tmp_path / "opt"
+    (base / "venv" / "bin").mkdir(parents=True)
+    (base / "app").mkdir()
+    (base / "venv" / "bin" / "python").symlink_to(shutil.which("python3"))
+    settings = build_settings({"aisha_domain": "aibots.test", "aisha_base_dir": str(base), **extra})
+    units = tmp_path / "units"
+    units.mkdir()
+    service = rendering.render("systemd/aisha-backup.service.j2", rendering.backup_service_context(settings))
+    (units / "aisha-backup.service").write_text(service)
+    timer = rendering.render("systemd/aisha-backup.timer.j2", rendering.backup_timer_context(settings))
+    (units / "aisha-backup.timer").write_text(timer)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(units / "aisha-backup.timer"), str(units / "aisha-backup.service")],
+        capture_output=True, text=True,
+    )
+    ours = [line for line in result.stderr.splitlines() if "aisha-backup" in line]
+    assert result.returncode == 0 and not ours, result.stderr
+    # root keeps the copy ("+"), the app user takes it and prunes
+    assert f"ExecStartPost=+{base}/venv/bin/python -m aisha_webhook_api events keep" in service
+    assert ("--older-than-days 30" in service) == ("events_keep_days" in extra)
+    assert f"OnUnitActiveSec={settings.backup_interval_minutes}min" in timer
