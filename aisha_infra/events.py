@@ -87,6 +87,9 @@ def sources(target: str, user: str | None, key: str | None) -> list[Source]:
     """An inventory file's hosts (with their ssh data and backup_dir), or one address."""
     if not Path(target).is_file():
         return [Source(target, target, user or "root", key, Settings.backup_dir)]
+    if Path(target).suffix != ".py":
+        raise PullError(f"{target} is not a pyinfra inventory (.py); for a hosts file run "
+                        f"`AISHA_HOSTS={target} aisha-infra events pull inventory.py ...`")
     from aisha_infra.diagnose import load_inventory  # pyinfra's merge of group data, without pyinfra_cli
 
     return [
@@ -111,8 +114,13 @@ def register(subparsers) -> None:
 
 
 def _run_pull(args) -> int:
+    try:
+        hosts = sources(args.target, args.ssh_user, args.ssh_key)
+    except PullError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     failed = 0
-    for source in sources(args.target, args.ssh_user, args.ssh_key):
+    for source in hosts:
         try:
             path = pull(source, args.out, args.fresh)
         except (PullError, subprocess.TimeoutExpired, OSError) as exc:

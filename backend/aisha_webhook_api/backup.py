@@ -69,7 +69,8 @@ def snapshot_problem(path: Path) -> str | None:
     try:
         connection = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
         try:
-            integrity = [row[0] for row in connection.execute("PRAGMA integrity_check")]
+            # a row can hold several lines: one line per fault, for logs and messages
+            integrity = [" ".join(row[0].split()) for row in connection.execute("PRAGMA integrity_check")]
             if integrity != ["ok"]:
                 return f"PRAGMA integrity_check failed: {'; '.join(integrity[:3])}"
             version = connection.execute("PRAGMA user_version").fetchone()[0]

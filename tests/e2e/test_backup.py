@@ -117,10 +117,12 @@ def request_ids_on(host: LabHost) -> set[str]:
 
 def pull(hosts_file: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     """`aisha-infra events pull inventory.py`: the hosts and their SSH data from the inventory."""
-    return subprocess.run(
-        [AISHA_INFRA, "events", "pull", "inventory.py", "--out", str(out), *extra], cwd=PROJECT_ROOT,
-        env={**os.environ, "AISHA_HOSTS": str(hosts_file)}, capture_output=True, text=True, timeout=300,
-    )
+    return aisha_infra("events", "pull", "inventory.py", "--out", str(out), *extra, hosts_file=hosts_file)
+
+
+def aisha_infra(*args: str, hosts_file: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **({"AISHA_HOSTS": str(hosts_file)} if hosts_file else {})}
+    return subprocess.run([AISHA_INFRA, *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 @dataclass
@@ -207,14 +209,35 @@ def test_snapshots_are_out_of_the_app_users_reach(backed_up):
 
 def test_pull_fresh_takes_a_new_snapshot_with_everything_and_retention_keeps_the_newest(backed_up):
     out = backed_up.work / "fresh"
-    for _ in range(KEEP):  # with the one taken under the stream: one more than KEEP
+    source = backed_up.source
+    for number in range(KEEP):  # with the one taken under the stream: one more than KEEP
         time.sleep(1.1)  # snapshot names carry the second
-        result = pull(backed_up.hosts_file, out, "--fresh")
+        if number == 0:  # by address, as for a server outside any inventory
+            result = aisha_infra("events", "pull", source.address, "--ssh-key", str(source.ssh_key),
+                                 "--out", str(out / "by-address"), "--fresh")
+        else:
+            result = pull(backed_up.hosts_file, out, "--fresh")
         assert result.returncode == 0, result.stderr
+    [by_address] = list((out / "by-address").iterdir())
+    assert by_address.name.startswith(f"{source.address}-events-")
+    (out / "by-address").rename(backed_up.work / "by-address")
     newest = max(out.iterdir())
     assert set(backed_up.stream.acknowledged) <= request_ids_in(newest)
     kept = backed_up.source.run("ls -1 /var/backups/aisha").stdout.split()
     assert len(kept) == KEEP and f"{backed_up.source.name}-{kept[-1]}" == newest.name, kept
+
+
+def test_pull_refuses_a_snapshot_that_fails_its_check(backed_up):
+    junk = "/var/backups/aisha/events-29991231T000000Z.sqlite3"  # sorts newest
+    backed_up.source.run(f"echo 'not a database' > {junk} && chmod 600 {junk}")
+    try:
+        out = backed_up.work / "refused"
+        result = pull(backed_up.hosts_file, out)
+        assert result.returncode == 1
+        assert "is not a usable snapshot: it is not an SQLite database" in result.stderr
+        assert list(out.iterdir()) == []  # not even the partial copy
+    finally:
+        backed_up.source.run(f"rm -f {junk}")
 
 
 def test_a_new_host_restores_the_snapshot_then_changes_nothing(backed_up, lab):

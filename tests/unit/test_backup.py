@@ -218,3 +218,13 @@ def test_restore_archive_is_checked_on_the_control_machine(store, tmp_path):
     corrupt.write_bytes(corrupted(good))
     message = settings_error(events_restore_archive=str(corrupt))
     assert "events_restore_archive" in message and ("integrity_check" in message or "SQLite cannot read it" in message)
+
+
+def test_events_pull_wants_an_inventory_or_an_address(tmp_path, capsys):
+    from aisha_infra.cli import main
+
+    hosts = tmp_path / "hosts.json"
+    hosts.write_text("[]")
+    assert main(["events", "pull", str(hosts), "--out", str(tmp_path / "out")]) == 2
+    assert f"AISHA_HOSTS={hosts} aisha-infra events pull inventory.py" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
