@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import stat
 import subprocess
@@ -205,6 +206,14 @@ def test_snapshots_are_out_of_the_app_users_reach(backed_up):
     assert run("test -e /run/aisha-backup", check=False).returncode != 0
     assert run("systemctl is-enabled aisha-backup.timer; systemctl is-active aisha-backup.timer").stdout.split() == [
         "enabled", "active"]
+
+
+def test_backup_service_exposure_is_at_most_2(backed_up):
+    report = backed_up.source.run("systemd-analyze security --no-pager aisha-backup.service").stdout
+    match = re.search(r"Overall exposure level for aisha-backup\.service: (\d+(?:\.\d+)?)", report)
+    assert match, report
+    failing = [line for line in report.splitlines() if line.startswith("✗")]
+    assert float(match.group(1)) <= 2.0, "\n".join(failing)
 
 
 def test_pull_fresh_takes_a_new_snapshot_with_everything_and_retention_keeps_the_newest(backed_up):
