@@ -228,3 +228,19 @@ def test_events_pull_wants_an_inventory_or_an_address(tmp_path, capsys):
     assert main(["events", "pull", str(hosts), "--out", str(tmp_path / "out")]) == 2
     assert f"AISHA_HOSTS={hosts} aisha-infra events pull inventory.py" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+
+def test_restore_never_replaces_an_existing_store(tmp_path):
+    """(The upload to a host without a store: tests/e2e/test_backup.py.)"""
+    from pyinfra.facts.files import File
+
+    from aisha_infra.operations.events import restore_snapshot
+    from tests.unit.fakehost import run_operation
+
+    snapshot = tmp_path / "old-host-events.sqlite3"
+    snapshot.write_bytes(b"SQLite format 3\x00")
+    database = "/var/lib/aisha/events.sqlite3"
+    existing = {(File, frozenset({"path": database}.items())): {"mode": 640}}
+    commands, noops = run_operation(restore_snapshot, existing, str(snapshot), database, "aisha")
+    assert commands == [] and noops == [f"{database} exists: nothing to restore"]
