@@ -33,6 +33,7 @@ class Source:
     address: str
     user: str
     key: str | None
+    port: int
     backup_dir: str
 
 
@@ -40,8 +41,10 @@ def run_on_host(source: Source, command: str, stdout=subprocess.PIPE) -> subproc
     """The one way this module reaches a host: ssh, a non-root user through sudo."""
     if source.user != "root":
         command = "sudo -n sh -c " + shlex.quote(command)
-    return subprocess.run(ssh_command(source.address, source.user, source.key) + [command],
-                          stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, timeout=SSH_TIMEOUT)
+    ssh = ssh_command(source.address, source.user, source.key)
+    ssh[-1:-1] = ["-p", str(source.port)]  # before the destination
+    return subprocess.run(ssh + [command], stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                          timeout=SSH_TIMEOUT)
 
 
 def _failed(source: Source, what: str, result: subprocess.CompletedProcess) -> PullError:
@@ -83,10 +86,10 @@ def pull(source: Source, out_dir: Path, fresh: bool = False) -> Path:
     return target
 
 
-def sources(target: str, user: str | None, key: str | None) -> list[Source]:
+def sources(target: str, user: str | None, key: str | None, port: int | None = None) -> list[Source]:
     """An inventory file's hosts (with their ssh data and backup_dir), or one address."""
     if not Path(target).is_file():
-        return [Source(target, target, user or "root", key, Settings.backup_dir)]
+        return [Source(target, target, user or "root", key, port or Settings.ssh_port, Settings.backup_dir)]
     if Path(target).suffix != ".py":
         raise PullError(f"{target} is not a pyinfra inventory (.py); for a hosts file run "
                         f"`AISHA_HOSTS={target} aisha-infra events pull inventory.py ...`")
@@ -94,7 +97,8 @@ def sources(target: str, user: str | None, key: str | None) -> list[Source]:
 
     return [
         Source(name, data.get("ssh_hostname") or name, user or data.get("ssh_user") or "root",
-               key or data.get("ssh_key"), data.get("backup_dir") or Settings.backup_dir)
+               key or data.get("ssh_key"), port or int(data.get("ssh_port") or Settings.ssh_port),
+               data.get("backup_dir") or Settings.backup_dir)
         for name, data in load_inventory(target)
     ]
 
@@ -110,12 +114,13 @@ def register(subparsers) -> None:
     pull_parser.add_argument("--fresh", action="store_true", help="take a new snapshot on the host first")
     pull_parser.add_argument("--ssh-user", default=None, help="default: the inventory's ssh_user, else root")
     pull_parser.add_argument("--ssh-key", default=None, help="default: the inventory's ssh_key")
+    pull_parser.add_argument("--ssh-port", type=int, default=None, help="default: the inventory's ssh_port, else 22")
     pull_parser.set_defaults(run=_run_pull)
 
 
 def _run_pull(args) -> int:
     try:
-        hosts = sources(args.target, args.ssh_user, args.ssh_key)
+        hosts = sources(args.target, args.ssh_user, args.ssh_key, args.ssh_port)
     except PullError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
