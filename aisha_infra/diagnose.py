@@ -24,7 +24,6 @@ import runpy
 import shlex
 import shutil
 import socket
-import subprocess
 import sys
 import textwrap
 import types
@@ -37,6 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from aisha_infra import health
+from aisha_infra.ssh import SSHError, SSHHost
 from aisha_infra.tlscheck import (
     Finding,
     analyze_cert_file,
@@ -280,39 +280,19 @@ def _served_key_finding(certs, key_file: str, domain: str) -> Finding:
 # --- host side, over SSH ------------------------------------------------------------------
 
 
-def ssh_runner(address: str, user: str = "root", key: str | None = None, port: int = 22, timeout: float = SSH_TIMEOUT) -> Runner:
-    """A Runner over plain ssh (bounded by `timeout` per command); a non-root user
-    runs the commands with `sudo -n`."""
-    command = [
-        "ssh",
-        "-o", "BatchMode=yes",
-        "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "ConnectTimeout=5",
-        "-o", "LogLevel=ERROR",
-        "-p", str(port),
-    ]  # fmt: skip
-    if key:
-        command += ["-i", key, "-o", "IdentitiesOnly=yes"]
-    command.append(f"{user}@{address}")
+def ssh_runner(ssh: SSHHost, timeout: float = SSH_TIMEOUT) -> Runner:
+    """A Runner over SSH (see aisha_infra/ssh.py: as pyinfra connects, sudo when the
+    connection says so), bounded by `timeout` per command."""
 
     def run(remote_command: str) -> tuple[int, str, str]:
-        if user != "root":
-            remote_command = "sudo -n sh -c " + shlex.quote(remote_command)
         try:
-            result = subprocess.run(
-                [*command, remote_command],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return 124, "", f"timed out after {timeout:g} s"
-        except FileNotFoundError:
-            return 255, "", "the ssh command is missing (apt-get install openssh-client)"
-        return result.returncode, result.stdout, result.stderr
+            result = ssh.run(remote_command, timeout=timeout)
+        except SSHError as exc:
+            return (124 if "within" in str(exc) else 255), "", str(exc)
+        err = result.stderr
+        if result.returncode != 0 and ssh.failure(result) != _last_line(err):
+            err = f"{err.rstrip()}\n{ssh.failure(result)}"  # the known fix, as the last line
+        return result.returncode, result.stdout, err
 
     return run
 
@@ -334,8 +314,9 @@ def check_host(
                 "ssh",
                 "error",
                 f"Cannot run commands on the host over SSH: {_last_line(err) or f'exit status {rc}'}.",
-                "Check --ssh-key / --ssh-user (ssh_key / ssh_user in the inventory), that port 22 is open, and "
-                "that the key is in the user's ~/.ssh/authorized_keys (a non-root user needs passwordless sudo).",
+                "Check --ssh-key / --ssh-user (ssh_key / ssh_user in the inventory), that the SSH port is open, "
+                "that the key is in the user's ~/.ssh/authorized_keys, and that a non-root user has sudo "
+                "(--sudo, or _sudo in the inventory, with _sudo_password unless it is password-less).",
             )
         ]
     findings = [ufw_finding(*run("ufw status verbose"), port)]
@@ -676,11 +657,17 @@ def targets_from_args(args: argparse.Namespace) -> list[Target]:
     if not domain:
         raise SystemExit("aisha-infra diagnose: give a URL (https://DOMAIN:8443), --domain or --inventory")
     target = Target(domain=domain, address=args.address, port=args.port or url.port or DEFAULT_PORT)
-    if args.ssh_key or args.ssh_user:
+    if args.ssh_key or args.ssh_user or args.sudo:
         ssh_address = args.address or _preferred(_safe_resolve(domain))
         if ssh_address:
-            target.ssh = ssh_runner(ssh_address, args.ssh_user or "root", args.ssh_key)
+            target.ssh = ssh_runner(SSHHost(hostname=ssh_address, user=args.ssh_user, key=args.ssh_key,
+                                            sudo=_needs_sudo(args.ssh_user, args.sudo)))
     return [target]
+
+
+def _needs_sudo(user: str | None, asked: bool) -> bool:
+    """Host checks need root: a user named on the command line other than root uses sudo."""
+    return asked or user not in (None, "root")
 
 
 def targets_from_inventory(path: str, args: argparse.Namespace) -> list[Target]:
@@ -691,12 +678,8 @@ def targets_from_inventory(path: str, args: argparse.Namespace) -> list[Target]:
     for name, data in load_inventory(path):
         address = args.address or data.get("verify_address") or data.get("ssh_hostname") or name
         ssh_port = int(data.get("ssh_port") or 22)
-        ssh = ssh_runner(
-            data.get("ssh_hostname") or name,
-            args.ssh_user or data.get("ssh_user") or "root",
-            args.ssh_key or data.get("ssh_key"),
-            ssh_port,
-        )
+        sudo = bool(data.get("_sudo")) or _needs_sudo(args.ssh_user, args.sudo)
+        ssh = ssh_runner(SSHHost.from_data(name, data, user=args.ssh_user, key=args.ssh_key, sudo=sudo))
         targets.append(
             Target(
                 domain=args.domain or data.get("aisha_domain") or name,
@@ -834,7 +817,9 @@ def register(subparsers) -> None:
     parser.add_argument("--ca-bundle", metavar="PEM", help="extra trusted roots, e.g. a test CA")
     parser.add_argument("--key", metavar="PEM", help="private (or public) key the served certificate must match")
     parser.add_argument("--ssh-key", metavar="FILE", help="check the host side over SSH with this key")
-    parser.add_argument("--ssh-user", help="SSH user (default root; others need passwordless sudo)")
+    parser.add_argument("--ssh-user", help="SSH user (default: the inventory's, else ~/.ssh/config's); "
+                        "a user other than root runs the checks with sudo")
+    parser.add_argument("--sudo", action="store_true", help="run the host-side checks with sudo (inventory: _sudo)")
     parser.add_argument("--json", action="store_true", help="machine-readable findings")
     parser.set_defaults(run=run)
 
