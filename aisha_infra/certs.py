@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from aisha_infra.inventory import InventoryError
-from aisha_infra.ssh import SSHError, SSHHost
+from aisha_infra.ssh import SSHError, SSHHost, add_ssh_arguments, ssh_overrides
 
 EXPORT_TIMEOUT_S = 300
 EXPORT_COMMAND = "test -d /etc/letsencrypt/live && tar -C /etc -czpf - letsencrypt"
@@ -48,13 +48,7 @@ def register(subparsers) -> None:
     export.add_argument("--out", type=Path, required=True, help="archive to write (mode 0600)")
     export.add_argument("--inventory", metavar="FILE",
                         help="pyinfra inventory (e.g. inventory.py with AISHA_HOSTS): connect as it says")
-    export.add_argument("--ssh-user", help="default: the inventory's, else ~/.ssh/config's")
-    export.add_argument("--ssh-key")
-    export.add_argument("--ssh-port", type=int)
-    export.add_argument("--sudo", action="store_true",
-                        help="read with sudo (inventory: _sudo; implied by an --ssh-user other than root)")
-    export.add_argument("--strict-host-key-checking", choices=("accept-new", "yes"),
-                        help="host key policy (default: the inventory's, else accept-new, like pyinfra)")
+    add_ssh_arguments(export)
     export.set_defaults(run=_run_export)
 
 
@@ -67,10 +61,7 @@ def _ssh_host(args) -> SSHHost:
         if args.host not in hosts:
             raise SSHError(f"{args.host!r} is not in {args.inventory} (hosts: {', '.join(hosts) or 'none'})")
         data = hosts[args.host]
-    # reading /etc/letsencrypt needs root: a user named here other than root uses sudo
-    sudo = args.sudo or args.ssh_user not in (None, "root")
-    return SSHHost.from_data(args.host, data, user=args.ssh_user, key=args.ssh_key, port=args.ssh_port,
-                             host_key_policy=args.strict_host_key_checking, sudo=sudo or None)
+    return SSHHost.from_data(args.host, data, **ssh_overrides(args))
 
 
 def _run_export(args) -> int:

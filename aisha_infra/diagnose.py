@@ -36,7 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from aisha_infra import health
-from aisha_infra.ssh import SSHError, SSHHost
+from aisha_infra.ssh import SSHError, SSHHost, add_ssh_arguments, ssh_flags_given, ssh_overrides
 from aisha_infra.tlscheck import (
     Finding,
     analyze_cert_file,
@@ -656,18 +656,13 @@ def targets_from_args(args: argparse.Namespace) -> list[Target]:
     domain = args.domain or url.hostname
     if not domain:
         raise SystemExit("aisha-infra diagnose: give a URL (https://DOMAIN:8443), --domain or --inventory")
-    target = Target(domain=domain, address=args.address, port=args.port or url.port or DEFAULT_PORT)
-    if args.ssh_key or args.ssh_user or args.sudo:
+    target = Target(domain=domain, address=args.address, port=args.port or url.port or DEFAULT_PORT,
+                    ssh_port=args.ssh_port or 22)
+    if ssh_flags_given(args):  # host-side checks only when asked for
         ssh_address = args.address or _preferred(_safe_resolve(domain))
         if ssh_address:
-            target.ssh = ssh_runner(SSHHost(hostname=ssh_address, user=args.ssh_user, key=args.ssh_key,
-                                            sudo=_needs_sudo(args.ssh_user, args.sudo)))
+            target.ssh = ssh_runner(SSHHost.from_data(ssh_address, {}, **ssh_overrides(args)))
     return [target]
-
-
-def _needs_sudo(user: str | None, asked: bool) -> bool:
-    """Host checks need root: a user named on the command line other than root uses sudo."""
-    return asked or user not in (None, "root")
 
 
 def targets_from_inventory(path: str, args: argparse.Namespace) -> list[Target]:
@@ -677,9 +672,8 @@ def targets_from_inventory(path: str, args: argparse.Namespace) -> list[Target]:
     targets = []
     for name, data in load_inventory(path):
         address = args.address or data.get("verify_address") or data.get("ssh_hostname") or name
-        ssh_port = int(data.get("ssh_port") or 22)
-        sudo = bool(data.get("_sudo")) or _needs_sudo(args.ssh_user, args.sudo)
-        ssh = ssh_runner(SSHHost.from_data(name, data, user=args.ssh_user, key=args.ssh_key, sudo=sudo))
+        ssh_port = args.ssh_port or int(data.get("ssh_port") or 22)
+        runner = ssh_runner(SSHHost.from_data(name, data, **ssh_overrides(args)))
         targets.append(
             Target(
                 domain=args.domain or data.get("aisha_domain") or name,
@@ -687,7 +681,7 @@ def targets_from_inventory(path: str, args: argparse.Namespace) -> list[Target]:
                 port=args.port or int(data.get("nginx_https_port") or Settings.nginx_https_port),
                 name=name,
                 tls_mode=data.get("tls_mode") or Settings.tls_mode,
-                ssh=ssh,
+                ssh=runner,
                 ssh_port=ssh_port,
                 http_port=int(data.get("nginx_http_port") or Settings.nginx_http_port),
                 ca_bundle=data.get("verify_ca_bundle"),
@@ -816,10 +810,7 @@ def register(subparsers) -> None:
     parser.add_argument("--port", type=int, help=f"HTTPS port (default: from URL, else {DEFAULT_PORT})")
     parser.add_argument("--ca-bundle", metavar="PEM", help="extra trusted roots, e.g. a test CA")
     parser.add_argument("--key", metavar="PEM", help="private (or public) key the served certificate must match")
-    parser.add_argument("--ssh-key", metavar="FILE", help="check the host side over SSH with this key")
-    parser.add_argument("--ssh-user", help="SSH user (default: the inventory's, else ~/.ssh/config's); "
-                        "a user other than root runs the checks with sudo")
-    parser.add_argument("--sudo", action="store_true", help="run the host-side checks with sudo (inventory: _sudo)")
+    add_ssh_arguments(parser)  # with a URL: any of them turns the host-side checks (over SSH) on
     parser.add_argument("--json", action="store_true", help="machine-readable findings")
     parser.set_defaults(run=run)
 

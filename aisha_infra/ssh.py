@@ -15,6 +15,7 @@ the way pyinfra reaches it, from the same inventory data.
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import subprocess
 from collections.abc import Mapping
@@ -144,3 +145,31 @@ class SSHHost:
                     "if the host was rebuilt, check its new key and remove the old one with "
                     f"`ssh-keygen -R {self.hostname}`")
         return last
+
+
+def add_ssh_arguments(parser: argparse.ArgumentParser) -> None:
+    """The SSH flags of the operator tools; each one wins over the inventory's value."""
+    parser.add_argument("--ssh-user", help="SSH user (default: the inventory's, else ~/.ssh/config's); "
+                        "a user other than root runs the commands with sudo")
+    parser.add_argument("--ssh-key", metavar="FILE", help="SSH private key")
+    parser.add_argument("--ssh-port", type=int, help="SSH port (default: the inventory's, else ~/.ssh/config's)")
+    parser.add_argument("--sudo", action="store_true", help="run the commands with sudo (inventory: _sudo)")
+    parser.add_argument("--known-hosts-file", metavar="FILE",
+                        help="known_hosts to check and remember host keys in (default ~/.ssh/known_hosts)")
+    parser.add_argument("--strict-host-key-checking", choices=("accept-new", "yes"),
+                        help="accept-new (default, like pyinfra): remember new hosts, refuse changed "
+                             "keys; yes: refuse unknown hosts too")
+
+
+def ssh_overrides(args: argparse.Namespace) -> dict:
+    """SSHHost.from_data overrides from add_ssh_arguments' flags (None: keep the inventory's)."""
+    # the tools read root-only files: a user named on the command line other than root uses sudo
+    sudo = args.sudo or args.ssh_user not in (None, "root")
+    return {"user": args.ssh_user, "key": args.ssh_key, "port": args.ssh_port,
+            "known_hosts_file": args.known_hosts_file,
+            "host_key_policy": args.strict_host_key_checking, "sudo": True if sudo else None}
+
+
+def ssh_flags_given(args: argparse.Namespace) -> bool:
+    """Whether any SSH flag was given."""
+    return any(value not in (None, False) for value in ssh_overrides(args).values())

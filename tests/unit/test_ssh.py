@@ -4,6 +4,7 @@ client would use, without connecting), host key policies, sudo, and no secret in
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 
@@ -11,7 +12,7 @@ import pytest
 
 from aisha_infra import ssh as ssh_module
 from aisha_infra.lab import pyinfra_ssh_data
-from aisha_infra.ssh import SSHError, SSHHost
+from aisha_infra.ssh import SSHError, SSHHost, add_ssh_arguments, ssh_flags_given, ssh_overrides
 
 
 def option(argv: list[str], name: str) -> str | None:
@@ -144,3 +145,21 @@ def test_a_timeout_names_the_host_and_the_limit(monkeypatch):
     monkeypatch.setattr(ssh_module.subprocess, "run", too_slow)
     with pytest.raises(SSHError, match="ssh to h did not finish within 3 s"):
         SSHHost("h").run("true", timeout=3)
+
+
+def test_command_line_flags_override_the_inventory():
+    parser = argparse.ArgumentParser()
+    add_ssh_arguments(parser)
+    none = parser.parse_args([])
+    assert not ssh_flags_given(none)
+    lab_data = {**pyinfra_ssh_data("/keys/lab"), "ssh_user": "admin", "_sudo": True}
+    assert SSHHost.from_data("h", lab_data, **ssh_overrides(none)) == SSHHost.from_data("h", lab_data)
+
+    args = parser.parse_args(["--ssh-user", "admin", "--known-hosts-file", "/tmp/kh",
+                              "--strict-host-key-checking", "yes", "--ssh-port", "2222"])
+    host = SSHHost.from_data("h", {}, **ssh_overrides(args))
+    assert (host.user, host.port, host.known_hosts_file, host.host_key_policy, host.sudo) == (
+        "admin", 2222, "/tmp/kh", "yes", True)  # a user other than root: sudo
+    assert not SSHHost.from_data("h", {}, **ssh_overrides(parser.parse_args(["--ssh-user", "root"]))).sudo
+    with pytest.raises(SystemExit):  # checking off is for the lab's own data, not a flag
+        parser.parse_args(["--strict-host-key-checking", "off"])
