@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +45,20 @@ def test_sudo_logins_and_their_inventory(lab, lab_hosts):
         "_sudo": True, "_sudo_password": with_password.sudo_password}
     _, data = with_password.pyinfra_host()
     assert data["ssh_user"] == SUDO_USER and data["_sudo_password"] == with_password.sudo_password
+
+
+def test_lab_up_login_from_the_command_line(make_lab):
+    lab = make_lab("login")
+    cli = [str(Path(sys.executable).with_name("aisha-infra")), "lab", "up", "--name", lab.name]
+    shown = subprocess.run([*cli, "--login", "sudo-password"], capture_output=True, text=True,
+                           timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    [host] = lab.hosts()
+    assert f"{SUDO_USER}@{host.address}" in shown.stdout and "(sudo with password)" in shown.stdout
+    assert host.sudo_password and host.sudo_password not in shown.stdout
+
+    # asked for another login, `up` replaces the hosts instead of reusing them
+    [again] = lab.up(count=1, login="sudo")
+    assert again.login == "sudo" and again.sudo_password is None
+    [entry] = json.loads(lab_hosts_file(lab.name).read_text())["hosts"]
+    assert entry["data"] == {"_sudo": True}
