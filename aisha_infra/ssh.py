@@ -83,7 +83,7 @@ class SSHHost:
         sudo = ["sudo", "-H"]
         if self.sudo_user:
             sudo += ["-u", shlex.quote(self.sudo_user)]
-        # -k: always read the password, so it never stays on stdin for the command
+        # -k: sudo reads the password even when it has cached credentials
         sudo += ["-S", "-k", "-p", "''"] if self.sudo_password else ["-n"]
         return f"{' '.join(sudo)} sh -c {shlex.quote(command)}"
 
