@@ -27,6 +27,7 @@ ASKPASS_PATH = "/tmp/pyinfra-sudo-askpass-recorded"
 @dataclass
 class Recorded:
     commands: list[str] = field(default_factory=list)  # final command lines, facts included
+    timeouts: list[float | None] = field(default_factory=list)  # each command's _timeout
     uploads: list[tuple[str, dict]] = field(default_factory=list)  # (remote path, arguments)
     failed: bool = False  # the operation failed the host
 
@@ -44,13 +45,14 @@ class RecordingConnector(BaseConnector):
 
     def run_shell_command(self, command: StringCommand, print_output: bool = False,
                           print_input: bool = False, **arguments) -> tuple[bool, CommandOutput]:
-        extract_control_arguments(arguments)  # _timeout etc. are the connector's, not the line's
+        control = extract_control_arguments(arguments)  # _timeout etc.: not in the line
         final = make_unix_command_for_host(self.state, self.host, command, **arguments)
         line = str(final.get_raw_value())
         if "pyinfra-sudo-askpass-XXX" in line:
             # pyinfra installing its askpass helper for _sudo_password: say where
             return True, CommandOutput([OutputLine("stdout", ASKPASS_PATH)])
         self.recorded.commands.append(line)
+        self.recorded.timeouts.append(control.get("_timeout"))
         stdout = next((lines for key, lines in self.answers.items() if key in line), [])
         return True, CommandOutput([OutputLine("stdout", text) for text in stdout])
 

@@ -1,6 +1,8 @@
 """Every custom operation honours the connection: with `_sudo` in the host's data, each
-command it runs, its fact reads included, reaches the connector wrapped in sudo (and with
-`_sudo_password`, through pyinfra's askpass helper, not as a sudo -S pipe of ours)."""
+command it runs, its fact reads included, reaches the connector wrapped in sudo (with
+`_sudo_password`, through pyinfra's askpass helper), and so do `_sudo_user`, `_env` and
+`_timeout`. Operations run through pyinfra's own execution (tests/unit/recording.py), so a
+function command calling host.run_shell_command without the arguments is caught too."""
 
 from __future__ import annotations
 
@@ -76,6 +78,16 @@ def test_every_command_runs_with_sudo(name, host_data, tmp_path):
     assert unwrapped == [], f"{name} ran commands without sudo"
     for remote_path, arguments in recorded.uploads:  # files.put/sync: moved into place by sudo
         assert arguments.get("_sudo") is True, f"{name} uploaded {remote_path} without sudo"
+
+
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+def test_the_other_connection_arguments_reach_every_command(name, tmp_path):
+    recorded = record(name, {"_sudo": True, "_sudo_user": "aisha", "_env": {"AISHA_PROBE": "1"},
+                             "_timeout": 77}, tmp_path)
+    assert recorded.commands
+    assert all(line.startswith("sudo -H -n -u aisha sh -c ") for line in recorded.commands)
+    assert all("export AISHA_PROBE=1 && " in line for line in recorded.commands)
+    assert set(recorded.timeouts) == {77}
 
 
 @pytest.mark.parametrize("name", sorted(OPERATIONS))
