@@ -36,7 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from aisha_infra import health
-from aisha_infra.ssh import SSHError, SSHHost, add_ssh_arguments, ssh_flags_given, ssh_overrides
+from aisha_infra.ssh import SSHError, SSHHost, SSHTimeout, add_ssh_arguments, ssh_flags_given, ssh_overrides
 from aisha_infra.tlscheck import (
     Finding,
     analyze_cert_file,
@@ -288,10 +288,10 @@ def ssh_runner(ssh: SSHHost, timeout: float = SSH_TIMEOUT) -> Runner:
         try:
             result = ssh.run(remote_command, timeout=timeout)
         except SSHError as exc:
-            return (124 if "within" in str(exc) else 255), "", str(exc)
+            return (124 if isinstance(exc, SSHTimeout) else 255), "", str(exc)
         err = result.stderr
-        if result.returncode != 0 and ssh.failure(result) != _last_line(err):
-            err = f"{err.rstrip()}\n{ssh.failure(result)}"  # the known fix, as the last line
+        if result.returncode != 0 and (explained := ssh.failure(result)) != _last_line(err):
+            err = f"{err.rstrip()}\n{explained}"  # the known fix, as the last line
         return result.returncode, result.stdout, err
 
     return run
@@ -819,7 +819,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.url and not args.inventory and not args.domain:
         print("aisha-infra diagnose: give a URL, --domain or --inventory", file=sys.stderr)
         return 2
-    targets = targets_from_args(args)
+    try:
+        targets = targets_from_args(args)
+    except SSHError as exc:  # connection data that cannot work, e.g. an unknown host key policy
+        print(f"aisha-infra diagnose: {exc}", file=sys.stderr)
+        return 2
     reports = [diagnose(t, ca_bundle=args.ca_bundle, key_file=args.key) for t in targets]
     if args.json:
         print(render_json(reports))

@@ -34,6 +34,10 @@ class SSHError(OSError):
     """A host cannot be reached (or not with this connection data); the message says why."""
 
 
+class SSHTimeout(SSHError):
+    """A command over SSH did not finish in time."""
+
+
 @dataclass(frozen=True)
 class SSHHost:
     hostname: str  # what ssh connects to: ssh_hostname, else the inventory name
@@ -125,7 +129,7 @@ class SSHHost:
                 stdout=stdout, stderr=subprocess.PIPE, text=text, timeout=timeout, check=False,
             )  # fmt: skip
         except subprocess.TimeoutExpired:
-            raise SSHError(f"ssh to {self.hostname} did not finish within {timeout:g} s") from None
+            raise SSHTimeout(f"ssh to {self.hostname} did not finish within {timeout:g} s") from None
         except FileNotFoundError:
             raise SSHError("the ssh command is missing (apt-get install openssh-client)") from None
 

@@ -163,3 +163,14 @@ def test_command_line_flags_override_the_inventory():
     assert not SSHHost.from_data("h", {}, **ssh_overrides(parser.parse_args(["--ssh-user", "root"]))).sudo
     with pytest.raises(SystemExit):  # checking off is for the lab's own data, not a flag
         parser.parse_args(["--strict-host-key-checking", "off"])
+
+
+def test_diagnose_refuses_an_unknown_policy_in_one_line(tmp_path, capsys):
+    from aisha_infra import cli
+
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text("canary = [('web-1', {'ssh_strict_host_key_checking': 'maybe'})]\n")
+    assert cli.main(["diagnose", "--inventory", str(inventory)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aisha-infra diagnose: ssh_strict_host_key_checking='maybe' for web-1")
+    assert "Traceback" not in err
