@@ -24,7 +24,6 @@ import runpy
 import shlex
 import shutil
 import socket
-import subprocess
 import sys
 import textwrap
 import types
@@ -37,6 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from aisha_infra import health
+from aisha_infra.ssh import SSHError, SSHHost, SSHTimeout, add_ssh_arguments, ssh_flags_given, ssh_overrides
 from aisha_infra.tlscheck import (
     Finding,
     analyze_cert_file,
@@ -280,39 +280,19 @@ def _served_key_finding(certs, key_file: str, domain: str) -> Finding:
 # --- host side, over SSH ------------------------------------------------------------------
 
 
-def ssh_runner(address: str, user: str = "root", key: str | None = None, port: int = 22, timeout: float = SSH_TIMEOUT) -> Runner:
-    """A Runner over plain ssh (bounded by `timeout` per command); a non-root user
-    runs the commands with `sudo -n`."""
-    command = [
-        "ssh",
-        "-o", "BatchMode=yes",
-        "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "ConnectTimeout=5",
-        "-o", "LogLevel=ERROR",
-        "-p", str(port),
-    ]  # fmt: skip
-    if key:
-        command += ["-i", key, "-o", "IdentitiesOnly=yes"]
-    command.append(f"{user}@{address}")
+def ssh_runner(ssh: SSHHost, timeout: float = SSH_TIMEOUT) -> Runner:
+    """A Runner over SSH (see aisha_infra/ssh.py: as pyinfra connects, sudo when the
+    connection says so), bounded by `timeout` per command."""
 
     def run(remote_command: str) -> tuple[int, str, str]:
-        if user != "root":
-            remote_command = "sudo -n sh -c " + shlex.quote(remote_command)
         try:
-            result = subprocess.run(
-                [*command, remote_command],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return 124, "", f"timed out after {timeout:g} s"
-        except FileNotFoundError:
-            return 255, "", "the ssh command is missing (apt-get install openssh-client)"
-        return result.returncode, result.stdout, result.stderr
+            result = ssh.run(remote_command, timeout=timeout)
+        except SSHError as exc:
+            return (124 if isinstance(exc, SSHTimeout) else 255), "", str(exc)
+        err = result.stderr
+        if result.returncode != 0 and (explained := ssh.failure(result)) != _last_line(err):
+            err = f"{err.rstrip()}\n{explained}"  # the known fix, as the last line
+        return result.returncode, result.stdout, err
 
     return run
 
@@ -334,8 +314,9 @@ def check_host(
                 "ssh",
                 "error",
                 f"Cannot run commands on the host over SSH: {_last_line(err) or f'exit status {rc}'}.",
-                "Check --ssh-key / --ssh-user (ssh_key / ssh_user in the inventory), that port 22 is open, and "
-                "that the key is in the user's ~/.ssh/authorized_keys (a non-root user needs passwordless sudo).",
+                "Check --ssh-key / --ssh-user (ssh_key / ssh_user in the inventory), that the SSH port is open, "
+                "that the key is in the user's ~/.ssh/authorized_keys, and that a non-root user has sudo "
+                "(--sudo, or _sudo in the inventory, with _sudo_password unless it is password-less).",
             )
         ]
     findings = [ufw_finding(*run("ufw status verbose"), port)]
@@ -675,11 +656,12 @@ def targets_from_args(args: argparse.Namespace) -> list[Target]:
     domain = args.domain or url.hostname
     if not domain:
         raise SystemExit("aisha-infra diagnose: give a URL (https://DOMAIN:8443), --domain or --inventory")
-    target = Target(domain=domain, address=args.address, port=args.port or url.port or DEFAULT_PORT)
-    if args.ssh_key or args.ssh_user:
+    target = Target(domain=domain, address=args.address, port=args.port or url.port or DEFAULT_PORT,
+                    ssh_port=args.ssh_port or 22)
+    if ssh_flags_given(args):  # host-side checks only when asked for
         ssh_address = args.address or _preferred(_safe_resolve(domain))
         if ssh_address:
-            target.ssh = ssh_runner(ssh_address, args.ssh_user or "root", args.ssh_key)
+            target.ssh = ssh_runner(SSHHost.from_data(ssh_address, {}, **ssh_overrides(args)))
     return [target]
 
 
@@ -690,13 +672,8 @@ def targets_from_inventory(path: str, args: argparse.Namespace) -> list[Target]:
     targets = []
     for name, data in load_inventory(path):
         address = args.address or data.get("verify_address") or data.get("ssh_hostname") or name
-        ssh_port = int(data.get("ssh_port") or 22)
-        ssh = ssh_runner(
-            data.get("ssh_hostname") or name,
-            args.ssh_user or data.get("ssh_user") or "root",
-            args.ssh_key or data.get("ssh_key"),
-            ssh_port,
-        )
+        ssh_port = args.ssh_port or int(data.get("ssh_port") or 22)
+        runner = ssh_runner(SSHHost.from_data(name, data, **ssh_overrides(args)))
         targets.append(
             Target(
                 domain=args.domain or data.get("aisha_domain") or name,
@@ -704,7 +681,7 @@ def targets_from_inventory(path: str, args: argparse.Namespace) -> list[Target]:
                 port=args.port or int(data.get("nginx_https_port") or Settings.nginx_https_port),
                 name=name,
                 tls_mode=data.get("tls_mode") or Settings.tls_mode,
-                ssh=ssh,
+                ssh=runner,
                 ssh_port=ssh_port,
                 http_port=int(data.get("nginx_http_port") or Settings.nginx_http_port),
                 ca_bundle=data.get("verify_ca_bundle"),
@@ -833,8 +810,7 @@ def register(subparsers) -> None:
     parser.add_argument("--port", type=int, help=f"HTTPS port (default: from URL, else {DEFAULT_PORT})")
     parser.add_argument("--ca-bundle", metavar="PEM", help="extra trusted roots, e.g. a test CA")
     parser.add_argument("--key", metavar="PEM", help="private (or public) key the served certificate must match")
-    parser.add_argument("--ssh-key", metavar="FILE", help="check the host side over SSH with this key")
-    parser.add_argument("--ssh-user", help="SSH user (default root; others need passwordless sudo)")
+    add_ssh_arguments(parser)  # with a URL: any of them turns the host-side checks (over SSH) on
     parser.add_argument("--json", action="store_true", help="machine-readable findings")
     parser.set_defaults(run=run)
 
@@ -843,7 +819,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.url and not args.inventory and not args.domain:
         print("aisha-infra diagnose: give a URL, --domain or --inventory", file=sys.stderr)
         return 2
-    targets = targets_from_args(args)
+    try:
+        targets = targets_from_args(args)
+    except SSHError as exc:  # connection data that cannot work, e.g. an unknown host key policy
+        print(f"aisha-infra diagnose: {exc}", file=sys.stderr)
+        return 2
     reports = [diagnose(t, ca_bundle=args.ca_bundle, key_file=args.key) for t in targets]
     if args.json:
         print(render_json(reports))

@@ -9,9 +9,15 @@ through NAT, with their addresses in its /etc/hosts so that no DNS query ever le
 Everything `up` creates is written to `<AISHA_LAB_DIR>/<lab>/state.json` *before* it is
 created, so `down` removes exactly that, even after a crash half-way through `up`.
 
+A host is logged into as root (the default), or like a real server as the user `admin`
+with sudo: `login="sudo"` (password-less) or `login="sudo-password"` (sudo asks for a
+password, generated per host and kept only in the lab's 0600 state and hosts files). The
+lab itself (`LabHost.run`, `lab ssh`) always uses root, to prepare and inspect hosts.
+
     lab = Lab("demo")
-    host, = lab.up(count=1)
+    host, = lab.up(count=1, login="sudo")
     host.run("systemctl is-system-running")
+    host.pyinfra_host()  # ("198.18.N.2", {"ssh_user": "admin", "_sudo": True, ...})
     lab.down()
 """
 
@@ -22,6 +28,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -66,6 +73,11 @@ STOP_TIMEOUT_S = 15
 SSH_CONNECT_TIMEOUT_S = 3
 LOCK_TIMEOUT_S = 600
 LAB_NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
+
+# How pyinfra (and every tool reading the inventory) logs into a host.
+LOGINS = ("root", "sudo", "sudo-password")
+DEFAULT_LOGIN = "root"
+SUDO_USER = "admin"  # the user hosts.example.json shows for real servers
 
 SSH_OPTIONS = [
     "-o", "BatchMode=yes",
@@ -116,10 +128,27 @@ class LabHost:
     lab: str = DEFAULT_LAB
     release: str = DEFAULT_RELEASE
     log: Path | None = None  # its console output (systemd-nspawn's stdout)
+    login: str = DEFAULT_LOGIN  # one of LOGINS: how pyinfra logs in
+    sudo_password: str | None = None  # login "sudo-password" only
 
-    def ssh_command(self, command: str | None = None, *, tty: bool = False) -> list[str]:
+    @property
+    def ssh_user(self) -> str:
+        return "root" if self.login == "root" else SUDO_USER
+
+    @property
+    def connection_data(self) -> dict:
+        """pyinfra's data for logging in as this host's login user (sudo for the others)."""
+        data = {**pyinfra_ssh_data(self.ssh_key), "ssh_user": self.ssh_user}
+        if self.login != "root":
+            data["_sudo"] = True
+        if self.sudo_password:
+            data["_sudo_password"] = self.sudo_password
+        return data
+
+    def ssh_command(self, command: str | None = None, *, tty: bool = False,
+                    user: str = "root") -> list[str]:
         cmd = ["ssh", "-i", str(self.ssh_key), *SSH_OPTIONS, *(["-t"] if tty else [])]
-        cmd.append(f"root@{self.address}")
+        cmd.append(f"{user}@{self.address}")
         return cmd + (["--", command] if command else [])
 
     def run(
@@ -135,8 +164,8 @@ class LabHost:
         return result
 
     def pyinfra_host(self) -> tuple[str, dict]:
-        """This host as a pyinfra inventory entry for the SSH connector."""
-        return self.address, pyinfra_ssh_data(self.ssh_key)
+        """This host as a pyinfra inventory entry for the SSH connector, as its login user."""
+        return self.address, self.connection_data
 
 
 def pyinfra_ssh_data(ssh_key: Path | str) -> dict:
@@ -189,33 +218,38 @@ class Lab:
 
     # --- public API -----------------------------------------------------------------------
 
-    def up(self, count: int = 1, release: str = DEFAULT_RELEASE) -> list[LabHost]:
+    def up(self, count: int = 1, release: str = DEFAULT_RELEASE,
+           login: str = DEFAULT_LOGIN) -> list[LabHost]:
         """Hosts of this lab, booting them if needed.
 
-        If the lab's hosts are all alive, reachable and of `release`, they are reused (and
-        more are booted if fewer than `count`); otherwise what is left of them is removed
-        and `count` fresh hosts are booted.
+        If the lab's hosts are all alive, reachable, of `release` and `login`, they are
+        reused (and more are booted if fewer than `count`); otherwise what is left of them
+        is removed and `count` fresh hosts are booted.
         """
-        self._check_request(count, release)
+        self._check_request(count, release, login)
         image = self._prepare_host_side(release)
         with self._locked():
             state = self._load()
             if state["hosts"]:
                 statuses = [self._status_of(h) for h in self._hosts_of(state)]
-                if all(s.reachable and s.host.release == release for s in statuses):
+                if all(s.reachable and s.host.release == release and s.host.login == login
+                       for s in statuses):
                     missing = count - len(statuses)
-                    new = self._boot(state, missing, release, image) if missing > 0 else []
+                    new = (self._boot(state, missing, release, image, login)
+                           if missing > 0 else [])
                     return [s.host for s in statuses] + new
-                print(f"lab {self.name}: removing hosts that are not healthy", flush=True)
+                print(f"lab {self.name}: removing hosts that are not healthy or not as asked",
+                      flush=True)
                 self._remove_all(state)
-            return self._boot(state, count, release, image)
+            return self._boot(state, count, release, image, login)
 
-    def add_hosts(self, count: int = 1, release: str = DEFAULT_RELEASE) -> list[LabHost]:
+    def add_hosts(self, count: int = 1, release: str = DEFAULT_RELEASE,
+                  login: str = DEFAULT_LOGIN) -> list[LabHost]:
         """Boot `count` fresh hosts in this lab, next to any it has; returns only the new."""
-        self._check_request(count, release)
+        self._check_request(count, release, login)
         image = self._prepare_host_side(release)
         with self._locked():
-            return self._boot(self._load(), count, release, image)
+            return self._boot(self._load(), count, release, image, login)
 
     def destroy_host(self, host: LabHost | str) -> None:
         """Remove one host (its process, copy, address and rules); the others stay."""
@@ -232,11 +266,12 @@ class Lab:
         with self._locked():
             state = self._load()
             entry = self._entry(state, name)
-            release = entry["release"]
+            release, login = entry["release"], entry.get("login", DEFAULT_LOGIN)
             self._remove_host(state, entry)
         image = self._prepare_host_side(release)
         with self._locked():
-            return self._boot(self._load(), 1, release, image, indexes=[entry["index"]])[0]
+            return self._boot(self._load(), 1, release, image, login,
+                              indexes=[entry["index"]])[0]
 
     def down(self) -> None:
         """Remove everything `up` created for this lab, and nothing else."""
@@ -271,18 +306,24 @@ class Lab:
         # state from before the "ready" flag holds only booted hosts
         entries = sorted((e for e in state["hosts"] if e.get("ready", True)),
                          key=lambda e: e["index"])
-        return {"lab": self.name, "hosts": [
-            {"name": e["name"], "address": e["address"], "ssh_key": str(self.ssh_key),
-             "ssh_user": "root", "groups": ["canary" if i == 0 else "production"]}
-            for i, e in enumerate(entries)
-        ]}
+        hosts = self._hosts_of({"hosts": entries})
+        inventory = []
+        for i, host in enumerate(hosts):
+            entry = {"name": host.name, "address": host.address, "ssh_key": str(self.ssh_key),
+                     "ssh_user": host.ssh_user, "groups": ["canary" if i == 0 else "production"]}
+            sudo_data = {k: v for k, v in host.connection_data.items() if k.startswith("_")}
+            if sudo_data:
+                entry["data"] = sudo_data
+            inventory.append(entry)
+        return {"lab": self.name, "hosts": inventory}
 
     def _hosts_of(self, state: dict) -> list[LabHost]:
         return [
             LabHost(name=e["name"], address=e["address"], gateway=e["gateway"],
                     ssh_key=self.ssh_key, machine=e["machine"], pid=e.get("pid"),
                     root=Path(e["root"]), lab=self.name, release=e["release"],
-                    log=Path(e["log"]))
+                    log=Path(e["log"]), login=e.get("login", DEFAULT_LOGIN),
+                    sudo_password=e.get("sudo_password"))
             for e in state["hosts"]
         ]
 
@@ -295,10 +336,12 @@ class Lab:
     # --- up -------------------------------------------------------------------------------
 
     @staticmethod
-    def _check_request(count: int, release: str) -> None:
+    def _check_request(count: int, release: str, login: str) -> None:
         check_release(release)
         if not 1 <= count <= 20:
             raise LabError(f"count {count}: ask for 1 to 20 hosts")
+        if login not in LOGINS:
+            raise LabError(f"login {login!r} is not known: choose one of {', '.join(LOGINS)}")
 
     def _prepare_host_side(self, release: str) -> Path:
         require_root()
@@ -312,14 +355,15 @@ class Lab:
                 run_command(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "aisha-lab",
                              "-f", str(self.ssh_key)])
 
-    def _boot(self, state: dict, count: int, release: str, image: Path,
+    def _boot(self, state: dict, count: int, release: str, image: Path, login: str,
               indexes: list[int] | None = None) -> list[LabHost]:
         """Boot `count` new hosts; on any failure remove the ones this call created."""
         etc_hosts_entries = _mirror_host_entries(image)
         entries: list[dict] = []
         try:
             for i in range(count):
-                entry = self._plan_host(state, release, indexes[i] if indexes else None)
+                entry = self._plan_host(state, release, login,
+                                        indexes[i] if indexes else None)
                 entries.append(entry)
                 self._start_host(state, entry, image, etc_hosts_entries)
             hosts = [h for h in self._hosts_of(state) if h.name in {e["name"] for e in entries}]
@@ -337,10 +381,10 @@ class Lab:
             raise
         for host in hosts:
             print(f"lab {self.name}: {host.name} up at {host.address} "
-                  f"(machine {host.machine}, {host.release})", flush=True)
+                  f"(machine {host.machine}, {host.release}, login {host.ssh_user})", flush=True)
         return hosts
 
-    def _plan_host(self, state: dict, release: str, index: int | None) -> dict:
+    def _plan_host(self, state: dict, release: str, login: str, index: int | None) -> dict:
         """Allocate the host's /30 and names, and record them before anything exists."""
         with _machine_lock():
             net = _free_net()
@@ -356,6 +400,9 @@ class Lab:
                 "log": str(self.dir / name / "console.log"),
                 "pid": None, "init_pid": None, "init_start": None, "veth": None, "rules": [],
                 "ready": False,  # hosts.json lists only hosts that finished booting
+                "login": login,
+                "sudo_password": (secrets.token_urlsafe(18) if login == "sudo-password"
+                                  else None),
             }
             state["hosts"].append(entry)
             self._save(state)
@@ -394,6 +441,27 @@ class Lab:
         write_file(root, "root/.ssh/authorized_keys", public_key, mode=0o600)
         run_command(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{name}",
                      "-f", str(root / "etc/ssh/ssh_host_ed25519_key")])
+        if entry.get("login", DEFAULT_LOGIN) != "root":
+            self._add_sudo_user(root, public_key, entry.get("sudo_password"))
+
+    @staticmethod
+    def _add_sudo_user(root: Path, public_key: str, password: str | None) -> None:
+        """The login user of a real server: own home and key, sudo with or without password.
+        Made inside the copy (chroot) so uid and files are the image's own."""
+        in_copy = ["chroot", str(root)]
+        run_command([*in_copy, "useradd", "--create-home", "--shell", "/bin/bash", SUDO_USER])
+        ssh_dir = f"home/{SUDO_USER}/.ssh"
+        (root / ssh_dir).mkdir(mode=0o700)
+        write_file(root, f"{ssh_dir}/authorized_keys", public_key, mode=0o600)
+        run_command([*in_copy, "chown", "-R", f"{SUDO_USER}:{SUDO_USER}", f"/{ssh_dir}"])
+        if password:
+            # on stdin: a password never appears on a command line
+            run_command([*in_copy, "chpasswd"], input=f"{SUDO_USER}:{password}\n")
+        rule = "ALL" if password else "NOPASSWD: ALL"
+        write_file(root, f"etc/sudoers.d/{SUDO_USER}",
+                   f"# written by the aisha lab: {SUDO_USER} administers this host\n"
+                   f"{SUDO_USER} ALL=(ALL:ALL) {rule}\n", mode=0o440)
+        run_command([*in_copy, "visudo", "-c", "-q", "-f", f"/etc/sudoers.d/{SUDO_USER}"])
 
     def _spawn(self, state: dict, entry: dict) -> None:
         cmd = ["systemd-nspawn", "-D", entry["root"], "-M", entry["machine"], "-b",
@@ -775,10 +843,13 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    """Atomic: readers (other labs allocating addresses) never see half a file."""
+    """Atomic: readers (other labs allocating addresses) never see half a file.
+    Mode 0600: a lab host's sudo password is in it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.unlink(missing_ok=True)
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
 
 
@@ -793,6 +864,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up = commands.add_parser("up", help="boot the lab's hosts (reused if already up)")
     up.add_argument("--count", type=int, default=1, help="number of hosts (default 1)")
     up.add_argument("--release", choices=SUPPORTED_RELEASES, default=DEFAULT_RELEASE)
+    up.add_argument("--login", choices=LOGINS, default=DEFAULT_LOGIN,
+                    help=f"how pyinfra logs in: root (default), or as '{SUDO_USER}' with "
+                         "password-less sudo (sudo) or sudo asking a password (sudo-password)")
     up.set_defaults(run=_cli_up)
 
     down = commands.add_parser("down", help="remove the lab's hosts and all they use")
@@ -823,10 +897,12 @@ def _reporting_errors(function):
 @_reporting_errors
 def _cli_up(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    hosts = Lab(args.name).up(count=args.count, release=args.release)
+    hosts = Lab(args.name).up(count=args.count, release=args.release, login=args.login)
     print(f"lab {args.name}: {len(hosts)} host(s) ready in {time.monotonic() - started:.1f} s")
     for host in hosts:
-        print(f"  {host.name:<12} {host.address:<14} root@{host.address} -i {host.ssh_key}")
+        sudo = {"root": "", "sudo": " (sudo)", "sudo-password": " (sudo with password)"}
+        print(f"  {host.name:<12} {host.address:<14} {host.ssh_user}@{host.address} "
+              f"-i {host.ssh_key}{sudo[host.login]}")
     print(f"inventory: {lab_hosts_file(args.name)}")
     return 0
 

@@ -36,6 +36,7 @@ from aisha_infra import health
 from aisha_infra.diagnose import _is_host_group, load_inventory
 from aisha_infra.inventory import InventoryError
 from aisha_infra.settings import Settings, SettingsError, build_settings
+from aisha_infra.ssh import SSHHost
 
 DEFAULT_STAGES = ("canary", "production")
 DEPLOY_FILE = "deploy.py"
@@ -282,42 +283,12 @@ def dry_outcomes(run: PyinfraRun, hosts: Sequence[str]) -> dict[str, HostOutcome
 # --- the gate ---------------------------------------------------------------------------------
 
 
-def ssh_command(name: str, data: dict) -> list[str]:
-    """ssh to a host the way pyinfra connects to it, from the same inventory data
-    (including its host key policy: default accept-new, like pyinfra)."""
-    command = [
-        "ssh",
-        "-o", "BatchMode=yes",
-        "-o", "ConnectTimeout=10",
-        "-o", "LogLevel=ERROR",
-        "-o", f"StrictHostKeyChecking={data.get('ssh_strict_host_key_checking') or 'accept-new'}",
-    ]  # fmt: skip
-    if data.get("ssh_known_hosts_file"):
-        command += ["-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}"]
-    if data.get("ssh_port"):
-        command += ["-p", str(data["ssh_port"])]
-    if data.get("ssh_key"):
-        command += ["-i", str(Path(data["ssh_key"]).expanduser()), "-o", "IdentitiesOnly=yes"]
-    if data.get("ssh_user"):
-        command += ["-l", str(data["ssh_user"])]
-    return [*command, "--", str(data.get("ssh_hostname") or name)]
-
-
 def fetch_remote_file(name: str, data: dict, path: str) -> str:
-    """A file's text from the host, over SSH (with sudo when the inventory says _sudo)."""
-    remote = f"cat -- {shlex.quote(path)}"
-    if data.get("_sudo"):
-        remote = f"sudo -n {remote}"
-    try:
-        result = subprocess.run(
-            [*ssh_command(name, data), remote], stdin=subprocess.DEVNULL, capture_output=True,
-            text=True, timeout=SSH_TIMEOUT, check=False,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        raise OSError(f"ssh timed out after {SSH_TIMEOUT} s") from None
+    """A file's text from the host, over SSH as pyinfra connects (sudo when the data says)."""
+    ssh = SSHHost.from_data(name, data)
+    result = ssh.run(f"cat -- {shlex.quote(path)}", timeout=SSH_TIMEOUT)
     if result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        raise OSError(lines[-1] if lines else f"ssh exited with status {result.returncode}")
+        raise OSError(ssh.failure(result))
     return result.stdout
 
 

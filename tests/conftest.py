@@ -1,14 +1,21 @@
 """Shared fixtures: lab hosts (real Debian containers, see aisha_infra/lab.py) for e2e tests.
 
 - `lab`: this session's Lab; every host in it is removed at the end, even on failure.
-- `lab_hosts(count=1, release="bookworm")`: boots fresh hosts, removed after the test.
-- `lab_host`: one fresh host for one test.
+- `lab_hosts(count=1, release="bookworm", login="root")`: boots fresh hosts, removed after
+  the test. `login="sudo"` logs in as `admin` with password-less sudo, `"sudo-password"` as
+  `admin` whose sudo asks a password (a real server's setup): `host.pyinfra_host()` and
+  `write_hosts_file` then carry `ssh_user`, `_sudo: True` (and `_sudo_password`).
+- `lab_host`: one fresh host for one test; `sudo_lab_host`: the same, logged into as `admin`
+  with password-less sudo. For a host shared by a module's tests use a module-scoped fixture
+  calling `lab.add_hosts(count=1, login="sudo")` (removed with the session lab).
 - `shared_lab_host`: one host booted once and shared by every test of the session; leave it
   as you found it (or use `lab_host`).
 - `make_lab(suffix)`: another, separate lab (for tests about labs themselves).
 
-A host is a LabHost: `.address`, `.ssh_key`, `.run(cmd)`, `.pyinfra_host()`; destroy or
-replace one with `lab.destroy_host(host)` / `lab.recreate_host(host)`.
+A host is a LabHost: `.address`, `.ssh_key`, `.run(cmd)` (always as root, to prepare and
+inspect), `.pyinfra_host()` / `.connection_data` (as its login user), `.ssh_user`,
+`.sudo_password`; destroy or replace one with `lab.destroy_host(host)` /
+`lab.recreate_host(host)` (same login).
 
 Lab names carry the pytest process id, so sessions running at the same time on one machine
 do not tear down each other's hosts; labs of sessions that died are removed at start.
@@ -89,11 +96,12 @@ def lab() -> Lab:
 
 @pytest.fixture
 def lab_hosts(lab: Lab):
-    """Factory: `lab_hosts(count=1, release="bookworm")` -> fresh hosts, gone after the test."""
+    """Factory: `lab_hosts(count=1, release="bookworm", login="root")` -> fresh hosts, gone
+    after the test."""
     booted: list[LabHost] = []
 
-    def boot(count: int = 1, release: str = "bookworm") -> list[LabHost]:
-        hosts = lab.add_hosts(count=count, release=release)
+    def boot(count: int = 1, release: str = "bookworm", login: str = "root") -> list[LabHost]:
+        hosts = lab.add_hosts(count=count, release=release, login=login)
         booted.extend(hosts)
         return hosts
 
@@ -106,6 +114,12 @@ def lab_hosts(lab: Lab):
 @pytest.fixture
 def lab_host(lab_hosts) -> LabHost:
     return lab_hosts(1)[0]
+
+
+@pytest.fixture
+def sudo_lab_host(lab_hosts) -> LabHost:
+    """A fresh host logged into as `admin` with password-less sudo, for one test."""
+    return lab_hosts(1, login="sudo")[0]
 
 
 @pytest.fixture(scope="session")

@@ -133,7 +133,8 @@ def test_changed_names_get_a_new_certificate(scenario):
 def diagnose(scenario) -> tuple[int, dict]:
     result = subprocess.run(
         [AISHA_INFRA, "diagnose", f"https://{DOMAIN}:8443", "--address", scenario.host.address,
-         "--ca-bundle", str(scenario.root), "--ssh-key", str(scenario.host.ssh_key), "--json"],
+         "--ca-bundle", str(scenario.root), "--ssh-key", str(scenario.host.ssh_key),
+         "--known-hosts-file", str(scenario.workdir / "known_hosts"), "--json"],
         capture_output=True, text=True, timeout=180,
     )
     return result.returncode, json.loads(result.stdout)
@@ -169,7 +170,9 @@ def test_diagnose_finds_nothing_wrong_then_the_missing_intermediate(scenario):
 def test_carry_over_serves_the_same_certificate_without_the_acme_server(scenario, lab, tmp_path):
     archive = tmp_path / "letsencrypt.tar.gz"
     export = subprocess.run([AISHA_INFRA, "certs", "export", scenario.host.address, "--out", str(archive),
-                             "--ssh-key", str(scenario.host.ssh_key)], capture_output=True, text=True, timeout=120)
+                             "--ssh-key", str(scenario.host.ssh_key), "--ssh-user", "root",
+                             "--known-hosts-file", str(scenario.workdir / "known_hosts")],
+                            capture_output=True, text=True, timeout=120)
     assert export.returncode == 0, export.stderr
     assert stat.S_IMODE(os.stat(archive).st_mode) == 0o600
     serial = served_certificate(scenario.host.address).serial_number

@@ -94,9 +94,9 @@ def test_no_target_is_a_usage_error(capsys):
 def test_inventory_hosts_with_their_data(pki, tmp_path, monkeypatch, capsys):
     ssh_calls = []
 
-    def fake_ssh_runner(address, user="root", key=None, port=22, timeout=20):
-        ssh_calls.append((address, user, key, port))
-        return lambda command: (255, "", f"{user}@{address}: Permission denied (publickey).")
+    def fake_ssh_runner(ssh, timeout=20):
+        ssh_calls.append((ssh.hostname, ssh.user, ssh.key, ssh.port, ssh.sudo))
+        return lambda command: (255, "", f"{ssh.user}@{ssh.hostname}: Permission denied (publickey).")
 
     monkeypatch.setattr(diagnose, "ssh_runner", fake_ssh_runner)
     with serve(pki, "self_signed") as server:
@@ -112,7 +112,7 @@ def test_inventory_hosts_with_their_data(pki, tmp_path, monkeypatch, capsys):
     result = json.loads(capsys.readouterr().out)
     [target] = result["targets"]
     assert (target["name"], target["address"], target["port"]) == ("lab-1", "127.0.0.1", server.port)
-    assert ssh_calls == [("127.0.0.1", "root", "/keys/lab", 22)]
+    assert ssh_calls == [("127.0.0.1", "root", "/keys/lab", None, False)]
     severities = {f["check"]: f["severity"] for f in target["findings"]}
     # The project's default tls_mode is self-signed: expected, so only a warning...
     assert severities["tls.self_signed"] == "warn"

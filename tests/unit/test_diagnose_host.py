@@ -11,6 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from aisha_infra import diagnose
+from aisha_infra import ssh as ssh_module
+from aisha_infra.ssh import SSHHost
 from aisha_infra.tlscheck import parse_pem_certs
 
 from .certfactory import write_pem
@@ -288,13 +290,20 @@ def test_ssh_runner_command_line(monkeypatch):
         seen["command"], seen["timeout"] = command, kwargs["timeout"]
         return subprocess.CompletedProcess(command, 0, "ok\n", "")
 
-    monkeypatch.setattr(diagnose.subprocess, "run", fake_run)
+    monkeypatch.setattr(ssh_module.subprocess, "run", fake_run)
 
-    run = diagnose.ssh_runner("198.18.1.2", "deploy", "/keys/lab", timeout=7)
+    run = diagnose.ssh_runner(SSHHost("198.18.1.2", user="deploy", key="/keys/lab", sudo=True), timeout=7)
     assert run("nginx -t") == (0, "ok\n", "")
 
     command = seen["command"]
-    assert command[0] == "ssh" and "BatchMode=yes" in command and "ConnectTimeout=5" in command
+    assert command[0] == "ssh" and "BatchMode=yes" in command
     assert command[command.index("-i") + 1] == "/keys/lab"
-    assert command[-2:] == ["deploy@198.18.1.2", "sudo -n sh -c 'nginx -t'"]
+    assert command[-4:] == ["deploy", "--", "198.18.1.2", "sudo -H -n sh -c 'nginx -t'"]
     assert seen["timeout"] == 7
+
+
+def test_ssh_runner_adds_the_fix_for_a_sudo_password_prompt(monkeypatch):
+    refused = subprocess.CompletedProcess([], 1, "", "sudo: a password is required\n")
+    monkeypatch.setattr(ssh_module.subprocess, "run", lambda command, **kwargs: refused)
+    _, _, err = diagnose.ssh_runner(SSHHost("web-1", user="admin", sudo=True))("true")
+    assert err.splitlines()[-1].endswith("give it as _sudo_password in the host's data (or allow NOPASSWD sudo)")

@@ -324,18 +324,6 @@ def test_letsencrypt_hosts_use_the_system_store_or_the_configured_bundle(tmp_pat
     assert (target.address, target.port, target.ca_bundle) == ("web-1.example.com", 443, str(pki.root))
 
 
-def test_ssh_follows_the_inventorys_connection_settings():
-    command = rollout.ssh_command("web-1", {
-        "ssh_hostname": "198.18.7.2", "ssh_user": "admin", "ssh_key": "/keys/id", "ssh_port": 2222,
-        "ssh_known_hosts_file": "/dev/null", "ssh_strict_host_key_checking": "off",
-    })
-    joined = " ".join(command)
-    assert "StrictHostKeyChecking=off" in joined and "UserKnownHostsFile=/dev/null" in joined
-    assert "-p 2222" in joined and "-i /keys/id" in joined and "-l admin" in joined
-    assert command[-2:] == ["--", "198.18.7.2"]
-    assert "StrictHostKeyChecking=accept-new" in " ".join(rollout.ssh_command("web-1", {}))  # pyinfra's default
-
-
 def test_gate_checks_real_https_on_loopback(tmp_path, pki):
     case = pki.cases["self_signed"]
     with LocalTLSServer(case.chain, case.key) as server:
