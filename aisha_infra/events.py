@@ -16,9 +16,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from aisha_infra.certs import ssh_command
 from aisha_infra.settings import Settings
 from aisha_infra.snapshots import snapshot_problem
+from aisha_infra.ssh import SSHError, SSHHost, add_ssh_arguments, ssh_overrides
 
 SSH_TIMEOUT = 600  # a large store takes a while to copy
 
@@ -30,26 +30,17 @@ class PullError(RuntimeError):
 @dataclass(frozen=True)
 class Source:
     name: str  # the inventory name, or the address
-    address: str
-    user: str
-    key: str | None
-    port: int
+    ssh: SSHHost  # reached as pyinfra reaches it (aisha_infra/ssh.py)
     backup_dir: str
 
 
 def run_on_host(source: Source, command: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
-    """The one way this module reaches a host: ssh, a non-root user through sudo."""
-    if source.user != "root":
-        command = "sudo -n sh -c " + shlex.quote(command)
-    ssh = ssh_command(source.address, source.user, source.key)
-    ssh[-1:-1] = ["-p", str(source.port)]  # before the destination
-    return subprocess.run(ssh + [command], stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
-                          timeout=SSH_TIMEOUT)
+    """The one way this module reaches a host (sudo as the connection data says)."""
+    return source.ssh.run(command, timeout=SSH_TIMEOUT, text=False, stdout=stdout)
 
 
 def _failed(source: Source, what: str, result: subprocess.CompletedProcess) -> PullError:
-    said = result.stderr.decode(errors="replace").strip().splitlines()
-    return PullError(f"{source.name}: {what} (exit {result.returncode}): {said[-1] if said else 'no message'}")
+    return PullError(f"{source.name}: {what} (exit {result.returncode}): {source.ssh.failure(result)}")
 
 
 def newest_snapshot(source: Source, fresh: bool) -> str:
@@ -86,19 +77,18 @@ def pull(source: Source, out_dir: Path, fresh: bool = False) -> Path:
     return target
 
 
-def sources(target: str, user: str | None, key: str | None, port: int | None = None) -> list[Source]:
-    """An inventory file's hosts (with their ssh data and backup_dir), or one address."""
+def sources(target: str, overrides: dict) -> list[Source]:
+    """An inventory file's hosts (with their ssh data and backup_dir), or one address.
+    `overrides`: SSH flags that win over the inventory's data (ssh.ssh_overrides)."""
     if not Path(target).is_file():
-        return [Source(target, target, user or "root", key, port or Settings.ssh_port, Settings.backup_dir)]
+        return [Source(target, SSHHost.from_data(target, {}, **overrides), Settings.backup_dir)]
     if Path(target).suffix != ".py":
         raise PullError(f"{target} is not a pyinfra inventory (.py); for a hosts file run "
                         f"`AISHA_HOSTS={target} aisha-infra events pull inventory.py ...`")
     from aisha_infra.diagnose import load_inventory  # pyinfra's merge of group data, without pyinfra_cli
 
     return [
-        Source(name, data.get("ssh_hostname") or name, user or data.get("ssh_user") or "root",
-               key or data.get("ssh_key"), port or int(data.get("ssh_port") or Settings.ssh_port),
-               data.get("backup_dir") or Settings.backup_dir)
+        Source(name, SSHHost.from_data(name, data, **overrides), data.get("backup_dir") or Settings.backup_dir)
         for name, data in load_inventory(target)
     ]
 
@@ -112,23 +102,21 @@ def register(subparsers) -> None:
                              help="an address (SSH), or a pyinfra inventory file for all its hosts")
     pull_parser.add_argument("--out", type=Path, required=True, help="directory to write the snapshots to")
     pull_parser.add_argument("--fresh", action="store_true", help="take a new snapshot on the host first")
-    pull_parser.add_argument("--ssh-user", default=None, help="default: the inventory's ssh_user, else root")
-    pull_parser.add_argument("--ssh-key", default=None, help="default: the inventory's ssh_key")
-    pull_parser.add_argument("--ssh-port", type=int, default=None, help="default: the inventory's ssh_port, else 22")
+    add_ssh_arguments(pull_parser)
     pull_parser.set_defaults(run=_run_pull)
 
 
 def _run_pull(args) -> int:
     try:
-        hosts = sources(args.target, args.ssh_user, args.ssh_key, args.ssh_port)
-    except PullError as exc:
+        hosts = sources(args.target, ssh_overrides(args))
+    except (PullError, SSHError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failed = 0
     for source in hosts:
         try:
             path = pull(source, args.out, args.fresh)
-        except (PullError, subprocess.TimeoutExpired, OSError) as exc:
+        except (PullError, OSError) as exc:  # SSHError is an OSError
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
             continue

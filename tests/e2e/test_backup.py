@@ -223,6 +223,7 @@ def test_pull_fresh_takes_a_new_snapshot_with_everything_and_retention_keeps_the
         time.sleep(1.1)  # snapshot names carry the second
         if number == 0:  # by address, as for a server outside any inventory
             result = aisha_infra("events", "pull", source.address, "--ssh-key", str(source.ssh_key),
+                                 "--ssh-user", "root", "--known-hosts-file", str(backed_up.work / "known_hosts"),
                                  "--out", str(out / "by-address"), "--fresh")
         else:
             result = pull(backed_up.hosts_file, out, "--fresh")
