@@ -214,16 +214,16 @@ def _control_character_problem(value: Any) -> str | None:
     """Any string in a setting (also inside lists and mappings) must be one printable line:
     a newline in a value would add lines to the nginx site or the systemd unit."""
     if isinstance(value, dict):
-        texts = [*value.keys(), *value.values()]
+        texts = [(repr(key), key) for key in value] + [(f"{key}={item!r}", item) for key, item in value.items()]
     elif isinstance(value, (list, tuple)):
-        texts = list(value)
+        texts = [(repr(item), item) for item in value]
     else:
-        texts = [value]
-    for text in texts:
+        texts = [(repr(value), value)]
+    for shown, text in texts:
         if isinstance(text, str):
             for char in text:
                 if ord(char) < 32 or 127 <= ord(char) < 160 or char in "\u2028\u2029":
-                    return f"{text!r} contains a control character ({char!r}); settings are single-line text"
+                    return f"{shown} contains a control character ({char!r}); settings are single-line text"
     return None
 
 
