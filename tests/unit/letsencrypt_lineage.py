@@ -61,6 +61,8 @@ def write_archive(path: Path, members: list[tuple]) -> Path:
     with tarfile.open(path, "w:gz") as archive:
         for kind, name, *rest in members:
             info = tarfile.TarInfo(name)
+            info.uid = info.gid = 1000  # an ordinary user of the old host: never trusted
+            info.uname = info.gname = "aisha"
             data = None
             if kind == "dir":
                 info.type, info.mode = tarfile.DIRTYPE, rest[0]
