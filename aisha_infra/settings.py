@@ -309,6 +309,14 @@ def _file_problem(value: Any) -> str | None:
     return None
 
 
+def _local_dir_problem(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not Path(value).expanduser().is_dir():
+        return f"{value!r} is not a directory on the control machine"
+    return None
+
+
 def _pem_bundle_problem(value: Any) -> str | None:
     from cryptography import x509
 
@@ -424,7 +432,8 @@ def _address_problem(value: Any) -> str | None:
     return None
 
 
-# Each setting's own check: (value) -> problem or None. A new setting adds its line here.
+# Each setting's own check: (value) -> problem or None. A new setting adds its line here
+# (tests/unit/test_settings.py fails for a setting without one).
 CHECKS = {
     "aisha_domain": _domain_problem,
     "aisha_user": _user_problem,
@@ -432,6 +441,7 @@ CHECKS = {
     "aisha_log_dir": _abs_path_problem,
     "aisha_data_dir": _data_dir_problem,
     "app_port": _port_problem,
+    "app_source": _local_dir_problem,
     "app_start_command": _command_problem,
     "app_socket_activation": lambda v: None if v is None else _bool_problem(v),
     "app_environment": _app_environment_problem,
@@ -490,10 +500,7 @@ def _check_together(values: dict[str, Any]) -> list[tuple[str, str]]:
         if values["nginx_http_port"] != 80:
             problems.append(("nginx_http_port", "must be 80 with tls_mode='letsencrypt': ACME HTTP-01 validation always connects to port 80"))
 
-    source = values["app_source"]
-    if source is not None:
-        if not isinstance(source, str) or not Path(source).expanduser().is_dir():
-            problems.append(("app_source", f"{source!r} is not a directory on the control machine"))
+    if values["app_source"] is not None:
         if not values["app_start_command"]:
             problems.append(("app_start_command", "is required with app_source: say how systemd starts your backend"))
     if values["fal_verify_signatures"] and not (values["fal_jwks_url"] or values["fal_jwks_file"]):

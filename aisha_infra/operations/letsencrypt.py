@@ -13,11 +13,11 @@ import shlex
 import time
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, operation
+from pyinfra.api import FunctionCommand, OperationError, operation
 from pyinfra.operations import files
 
 from aisha_infra.facts.tls import CertificateState
-from aisha_infra.letsencrypt_archive import checked_archive
+from aisha_infra.letsencrypt_archive import ArchiveError, checked_archive
 
 # Host name -> why the last issuance failed; the verify step reports it.
 ISSUANCE_FAILURES: dict[str, str] = {}
@@ -147,6 +147,9 @@ def restore_archive(archive: str, live_dir: str):
     if host.get_fact(CertificateState, cert=f"{live_dir}/fullchain.pem") is not None:
         host.noop(f"{live_dir} exists: nothing to restore")
         return
-    checked = checked_archive(archive, posixpath.basename(live_dir))
+    try:
+        checked = checked_archive(archive, posixpath.basename(live_dir))
+    except ArchiveError as exc:  # changed since settings validation accepted it
+        raise OperationError(f"letsencrypt_restore_archive {archive!r} {exc}") from None
     yield from files.put._inner(src=io.BytesIO(checked), dest=RESTORE_PAYLOAD, mode="0600", user="root", group="root")
     yield restore_command(RESTORE_PAYLOAD)

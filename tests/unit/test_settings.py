@@ -2,7 +2,7 @@
 
 import pytest
 
-from aisha_infra.settings import SettingsError, build_settings
+from aisha_infra.settings import CHECKS, SETTING_NAMES, SettingsError, build_settings
 
 BASE = {"aisha_domain": "aibots.test"}
 
@@ -68,3 +68,8 @@ def test_letsencrypt_settings():
     assert s.letsencrypt_directory_url.startswith("https://acme-staging-v02")
     assert s.letsencrypt_domains == ["aibots.test", "www.aibots.test"]
     assert s.letsencrypt_live_dir == "/etc/letsencrypt/live/aibots.test"
+
+
+def test_every_setting_has_a_check():
+    missing = [name for name in SETTING_NAMES if name not in CHECKS]
+    assert not missing, f"settings without a check in aisha_infra/settings.py CHECKS: {missing}"
