@@ -32,7 +32,8 @@ class ArchiveError(ValueError):
     """The archive must not be restored; the message says why."""
 
 
-def _member_problem(member: tarfile.TarInfo, symlinks: set[str]) -> str | None:
+def _member_problem(member: tarfile.TarInfo) -> str | None:
+    """What is wrong with one member on its own."""
     name = member.name
     if name.startswith("/"):
         return "is an absolute path"
@@ -40,18 +41,15 @@ def _member_problem(member: tarfile.TarInfo, symlinks: set[str]) -> str | None:
         return "contains '..'"
     if any(ord(char) < 32 or ord(char) == 127 for char in name + member.linkname):
         return "contains a control character"
+    if posixpath.normpath(name) != name:
+        return "is not a normalised path"
     if name != ROOT and not name.startswith(ROOT + "/"):
         return f"is outside {ROOT}/ (the archive must hold /etc/letsencrypt only)"
-    parents = name.split("/")
-    for end in range(1, len(parents)):
-        if "/".join(parents[:end]) in symlinks:
-            return "lies below a symbolic link"
+    if name == ROOT and not member.isdir():
+        return "is not a directory"
     if member.issym():
         if member.linkname.startswith("/"):
             return f"is a symbolic link to an absolute path ({member.linkname})"
-        target = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
-        if target != ROOT and not target.startswith(ROOT + "/"):
-            return f"is a symbolic link leaving {ROOT}/ ({member.linkname})"
         return None
     if member.islnk():
         return "is a hard link (certbot makes none)"
@@ -62,24 +60,45 @@ def _member_problem(member: tarfile.TarInfo, symlinks: set[str]) -> str | None:
     return None
 
 
+def _placement_problem(member: tarfile.TarInfo, symlinks: set[str]) -> str | None:
+    """What is wrong given the whole archive: nothing is written through a symbolic link,
+    and a link's target, walked step by step as the kernel would, stays in the tree
+    without passing through another link (whose `..` could lead anywhere)."""
+    parts = member.name.split("/")
+    for end in range(1, len(parts)):
+        if "/".join(parts[:end]) in symlinks:
+            return "lies below a symbolic link"
+    if not member.issym():
+        return None
+    walked = parts[:-1]
+    steps = [step for step in member.linkname.split("/") if step not in ("", ".")]
+    for index, step in enumerate(steps):
+        if step == "..":
+            walked = walked[:-1]
+            if not walked:
+                return f"is a symbolic link leaving {ROOT}/ ({member.linkname})"
+            continue
+        walked = walked + [step]
+        if index < len(steps) - 1 and "/".join(walked) in symlinks:
+            return f"is a symbolic link through another symbolic link ({member.linkname})"
+    return None
+
+
 def _read_members(path: Path) -> list[tuple[tarfile.TarInfo, bytes | None]]:
     members: list[tuple[tarfile.TarInfo, bytes | None]] = []
     names: set[str] = set()
-    symlinks: set[str] = set()
     total = 0
     with tarfile.open(path, "r:*") as archive:
         for member in archive:
             if len(members) >= MAX_MEMBERS:
                 raise ArchiveError(f"holds more than {MAX_MEMBERS} entries: not an /etc/letsencrypt export")
             member.name = member.name.rstrip("/")
-            problem = _member_problem(member, symlinks)
+            problem = _member_problem(member)
             if problem:
                 raise ArchiveError(f"member {member.name!r} {problem}")
             if member.name in names:
                 raise ArchiveError(f"member {member.name!r} appears twice")
             names.add(member.name)
-            if member.issym():
-                symlinks.add(member.name)
             data = None
             if member.isfile():
                 total += member.size
@@ -87,6 +106,11 @@ def _read_members(path: Path) -> list[tuple[tarfile.TarInfo, bytes | None]]:
                     raise ArchiveError(f"unpacks to more than {MAX_BYTES // (1024 * 1024)} MiB: not an /etc/letsencrypt export")
                 data = archive.extractfile(member).read()
             members.append((member, data))
+    symlinks = {member.name for member, _ in members if member.issym()}
+    for member, _ in members:
+        problem = _placement_problem(member, symlinks)
+        if problem:
+            raise ArchiveError(f"member {member.name!r} {problem}")
     return members
 
 
@@ -140,7 +164,7 @@ def _repack(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
         with tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as archive:
             for member, data in members:
                 clean = tarfile.TarInfo(member.name)
-                clean.type = member.type
+                clean.type = tarfile.REGTYPE if member.isfile() else member.type  # no sparse/contiguous
                 clean.linkname = member.linkname if member.issym() else ""
                 clean.mode = member.mode & _SAFE_MODE_BITS
                 clean.mtime = member.mtime
