@@ -2,8 +2,11 @@
 
 Settings are ordinary pyinfra data: set them in group_data/all.py (or a group file,
 or per host in the inventory) and they override the defaults below. The deploy
-validates every host's settings before any operation is prepared, so a typo or a
-bad value stops the run with the key named and nothing touched.
+validates every host's settings before pyinfra connects to any host (see
+aisha_infra/config.py), so a typo or a bad value stops the run with the key and the
+fault named and nothing touched. Values end up unquoted in nginx, systemd and shell
+command lines on the host: the checks below allow only what is safe there, and what
+is uploaded (JWKS, restore archive, the app's environment) is checked here first.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ each case fails with its own words, in one message, naming what to fix."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from aisha_infra.inventory import InventoryError, read_hosts_file
@@ -50,7 +52,14 @@ def test_bad_input_is_refused_with_its_reason(case, files, tmp_path):
 
 def test_the_untouched_base_is_accepted(files, tmp_path):
     path = tmp_path / "hosts.json"
-    path.write_text(__import__("json").dumps(BASE_ENTRIES))
+    path.write_text(json.dumps(BASE_ENTRIES))
     groups = read_hosts_file(path, lab=False)
     assert [name for name, _ in groups["canary"]] == ["web-1.example.com"]
     assert [name for name, _ in groups["production"]] == ["web-2.example.com"]
+
+
+def test_the_example_hosts_file_is_valid():
+    from aisha_infra.settings import PROJECT_ROOT
+
+    groups = read_hosts_file(PROJECT_ROOT / "hosts.example.json", lab=False)
+    assert len(groups["canary"]) == 1 and len(groups["production"]) == 2
