@@ -520,6 +520,17 @@ def _check_together(values: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
+# The bundled app's variables the deploy derives from settings (aisha_infra/rendering.py).
+_BUNDLED_APP_VARIABLES = {
+    "AISHA_DATA_DIR": "aisha_data_dir",
+    "AISHA_API_PORT": "app_port",
+    "AISHA_MAX_BODY_BYTES": "app_max_body_bytes",
+    "AISHA_FAL_VERIFY_SIGNATURES": "fal_verify_signatures",
+    "AISHA_FAL_JWKS_URL": "fal_jwks_url",
+    "AISHA_FAL_JWKS_FILE": "fal_jwks_file",
+}
+
+
 def _bundled_app_problems(settings: Settings) -> list[tuple[str, str]]:
     """The bundled app's environment, as the unit will set it, through the app's own
     configuration rules: a value it refuses never reaches the host."""
@@ -532,7 +543,10 @@ def _bundled_app_problems(settings: Settings) -> list[tuple[str, str]]:
     if problem is None:
         return []
     variable, detail = problem
-    key = "app_environment" if variable in (settings.app_environment or {}) else "the bundled app"
+    if variable in (settings.app_environment or {}):
+        key = "app_environment"
+    else:
+        key = _BUNDLED_APP_VARIABLES.get(variable, "app_environment")
     return [(key, f"the bundled app refuses {variable}: {detail}")]
 
 

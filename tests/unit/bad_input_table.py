@@ -125,6 +125,8 @@ CASES = [
          data={"app_environment": {"AISHA_REQUEST_TIMEOUT": "0"}}),
     Case("env-bad-boolean", "the bundled app refuses AISHA_FAL_VERIFY_SIGNATURES: must be 1 or 0",
          data={"app_environment": {"AISHA_FAL_VERIFY_SIGNATURES": "maybe"}}),
+    Case("body-limit-beyond-the-app", "app_max_body_bytes: the bundled app refuses AISHA_MAX_BODY_BYTES: must be between 1 and 67108864",
+         data={"app_max_body_bytes": 100 * 1024 * 1024}),
     Case("env-newline", "app_environment: LOG_LEVEL='info\\nUser=root' contains a control character",
          data={"app_environment": {"LOG_LEVEL": "info\nUser=root"}}),
     Case("env-nested", "app_environment: OPTIONS={'a': 1}: values must be text or numbers",
