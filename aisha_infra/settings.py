@@ -469,7 +469,7 @@ CHECKS = {
     "ssh_port": _port_problem,
     "verify_enabled": _bool_problem,
     "verify_address": _address_problem,
-    "verify_ca_bundle": _pem_bundle_problem,
+    "verify_ca_bundle": _file_problem,  # read on the control machine only, by the verification
 }
 
 
