@@ -127,8 +127,8 @@ def _resolve(name: str, members: dict[str, tuple[tarfile.TarInfo, bytes | None]]
     return None
 
 
-def _public_key(der_or_pem_owner) -> bytes:
-    return der_or_pem_owner.public_key().public_bytes(
+def _public_key(certificate_or_key) -> bytes:
+    return certificate_or_key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
