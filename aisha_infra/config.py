@@ -32,3 +32,19 @@ def validate_inventory(state) -> dict[str, Settings]:
         raise PyinfraError("\n".join(problems))
     _VALIDATED[state] = settings
     return settings
+
+
+def validate_before_connecting(state) -> None:
+    """Check every host's settings before pyinfra opens the first SSH connection: a bad
+    value stops the run without touching, or even logging into, any host.
+
+    Called from inventory.py, which pyinfra runs before the inventory is complete
+    (group_data and --data come after it). pyinfra initialises the state with the
+    complete inventory right before connecting, so validation runs right after that."""
+    init = state.init
+
+    def init_then_validate(*args, **kwargs):
+        init(*args, **kwargs)
+        validate_inventory(state)
+
+    state.init = init_then_validate

@@ -2,18 +2,24 @@
 
 Settings are ordinary pyinfra data: set them in group_data/all.py (or a group file,
 or per host in the inventory) and they override the defaults below. The deploy
-validates every host's settings before any operation is prepared, so a typo or a
-bad value stops the run with the key named and nothing touched.
+validates every host's settings before pyinfra connects to any host (see
+aisha_infra/config.py), so a typo or a bad value stops the run with the key and the
+fault named and nothing touched. Values end up unquoted in nginx, systemd and shell
+command lines on the host: the checks below allow only what is safe there, and what
+is uploaded (JWKS, restore archive, the app's environment) is checked here first.
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
+import posixpath
 import re
+import shlex
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_BACKEND = PROJECT_ROOT / "backend"
@@ -219,8 +225,36 @@ class SettingsError(ValueError):
 
 
 _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_DOMAIN_CHARS = re.compile(r"[a-z0-9.-]")
+_EMAIL_LOCAL = re.compile(r"^[A-Za-z0-9._%+-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Paths on the host land in nginx, systemd and logrotate files unquoted: plain characters only.
+_PATH_CHARS = re.compile(r"[A-Za-z0-9/._+-]")
+# RFC 3986 characters minus quotes, backslash and the like; '%' only as an escape.
+_URL_CHARS = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]")
+# ExecStart= is not a shell: systemd gives these a meaning of its own.
+_SYSTEMD_COMMAND_SPECIALS = "%$\\;"
+
+
+def _bad_characters(value: str, allowed: re.Pattern) -> str:
+    return ", ".join(repr(char) for char in dict.fromkeys(value) if not allowed.fullmatch(char))
+
+
+def _control_character_problem(value: Any) -> str | None:
+    """Any string in a setting (also inside lists and mappings) must be one printable line:
+    a newline in a value would add lines to the nginx site or the systemd unit."""
+    if isinstance(value, dict):
+        texts = [(repr(key), key) for key in value] + [(f"{key}={item!r}", item) for key, item in value.items()]
+    elif isinstance(value, (list, tuple)):
+        texts = [(repr(item), item) for item in value]
+    else:
+        texts = [(repr(value), value)]
+    for shown, text in texts:
+        if isinstance(text, str):
+            for char in text:
+                if ord(char) < 32 or 127 <= ord(char) < 160 or char in "\u2028\u2029":
+                    return f"{shown} contains a control character ({char!r}); settings are single-line text"
+    return None
 
 
 def _domain_problem(value: Any) -> str | None:
@@ -233,6 +267,10 @@ def _domain_problem(value: Any) -> str | None:
         return f"{value!r} is an IP address; certificates and SNI need a DNS name"
     except ValueError:
         pass
+    bad = _bad_characters(value, _DOMAIN_CHARS)
+    if bad:
+        return (f"{value!r} contains characters not allowed in a DNS name: {bad} "
+                "(use lower-case letters, digits, hyphens and dots)")
     labels = value.split(".")
     if len(labels) < 2:
         return f"{value!r} is not a fully qualified name (it needs a dot, e.g. 'webhooks.example.com')"
@@ -242,6 +280,38 @@ def _domain_problem(value: Any) -> str | None:
                 f"{value!r} is not a valid DNS name (label {label!r}: use lower-case letters, "
                 "digits and inner hyphens, 1-63 characters)"
             )
+    return None
+
+
+def _email_problem(value: Any) -> str | None:
+    if value is None:
+        return None
+    local, at, domain = value.partition("@") if isinstance(value, str) else ("", "", "")
+    if not at or not _EMAIL_LOCAL.match(local) or _domain_problem(domain):
+        return f"{value!r} is not an e-mail address (like 'ops@example.com')"
+    return None
+
+
+def _https_url_problem(value: Any) -> str | None:
+    """A URL the host fetches from the internet: https, a host name, nothing that could
+    break out of the file it is written to, no credentials (the unit is world-readable)."""
+    example = "e.g. 'https://rest.alpha.fal.ai/.well-known/jwks.json'"
+    if not isinstance(value, str) or not value:
+        return f"{value!r} is not a URL; {example}"
+    bad = _bad_characters(value, _URL_CHARS)
+    if bad:
+        return f"{value!r} contains characters not allowed in a URL: {bad}"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        return f"{value!r} is not a valid URL ({exc})"
+    if parts.scheme != "https":
+        return f"{value!r} must use https:// (it is fetched over the internet); {example}"
+    if not parts.hostname:
+        return f"{value!r} has no host name; {example}"
+    if parts.username or parts.password:
+        return f"{value!r} must not hold credentials (user:password@)"
     return None
 
 
@@ -269,120 +339,211 @@ def _file_problem(value: Any) -> str | None:
     return None
 
 
-def _abs_path_problem(value: Any) -> str | None:
-    if not isinstance(value, str) or not value.startswith("/") or value.rstrip("/") != value:
-        return f"{value!r} is not an absolute path without a trailing slash"
+def _local_dir_problem(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not Path(value).expanduser().is_dir():
+        return f"{value!r} is not a directory on the control machine"
     return None
 
 
+def _pem_bundle_problem(value: Any) -> str | None:
+    from cryptography import x509
+
+    problem = _file_problem(value)
+    if problem or value is None:
+        return problem
+    try:
+        x509.load_pem_x509_certificates(Path(value).expanduser().read_bytes())
+    except ValueError:
+        return f"{value!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    return None
+
+
+def _jwks_file_problem(value: Any) -> str | None:
+    from aisha_infra.bundled_app import jwks_problem
+
+    problem = _file_problem(value)
+    if problem or value is None:
+        return problem
+    problem = jwks_problem(Path(value).expanduser())
+    return f"{value!r} {problem}" if problem else None
+
+
+def _abs_path_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.startswith("/"):
+        return f"{value!r} is not an absolute path (it must start with '/')"
+    bad = _bad_characters(value, _PATH_CHARS)
+    if bad:
+        return (f"{value!r} contains characters not allowed in a path on the host: {bad} "
+                "(use letters, digits and / . _ - +)")
+    if value == "/" or posixpath.normpath(value) != value or "/../" in f"{value}/":
+        return f"{value!r} is not a normalised path (no '.', '..', '//' or trailing '/'), e.g. '/opt/aisha-backend'"
+    return None
+
+
+def _command_problem(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return f"{value!r} is not a command line (a string)"
+    try:
+        words = shlex.split(value)
+    except ValueError as exc:
+        return f"{value!r} cannot be split like a shell command line ({exc})"
+    if not words:
+        return "is empty: say how systemd starts your backend"
+    if not words[0].startswith("/"):
+        return f"{value!r} must start with an absolute path to the program, e.g. '/opt/aisha-backend/venv/bin/gunicorn app:app'"
+    specials = [char for char in _SYSTEMD_COMMAND_SPECIALS if char in value]
+    if specials:
+        return (f"{value!r} contains {', '.join(map(repr, specials))}, which systemd's ExecStart= reads "
+                "its own way (% specifiers, $ variables, \\ escapes, ; separators): put such logic in a script and start that")
+    return None
+
+
+def _app_environment_problem(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and _ENV_NAME.match(k) for k in value):
+        return f"{value!r} is not a mapping of environment variable names to values"
+    for name, item in value.items():
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+            return f"{name}={item!r}: values must be text or numbers"
+    return None
+
+
+def _data_dir_problem(value: Any) -> str | None:
+    problem = _abs_path_problem(value)
+    if problem:
+        return problem
+    if not value.startswith("/var/lib/"):
+        return f"{value!r} must be below /var/lib/ (systemd's StateDirectory)"
+    return None
+
+
+def _user_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", value) or value == "root":
+        return f"{value!r} is not a valid unprivileged user name"
+    return None
+
+
+def _one_of(*allowed: str):
+    def problem(value: Any) -> str | None:
+        if value not in allowed:
+            return f"{value!r} is unknown; use one of {', '.join(map(repr, allowed))}"
+        return None
+    return problem
+
+
+def _acme_server_problem(value: Any) -> str | None:
+    if value in LETSENCRYPT_SERVERS:
+        return None
+    problem = _https_url_problem(value)
+    if problem:
+        return f"is neither 'production', 'staging' nor an https:// ACME directory URL: {problem}"
+    return None
+
+
+def _domain_list_problem(value: Any) -> str | None:
+    if not isinstance(value, (list, tuple)):
+        return f"{value!r} is not a list of DNS names"
+    return "; ".join(filter(None, map(_domain_problem, value))) or None
+
+
+def _address_problem(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if _domain_problem(value):
+            return f"{value!r} is neither an IP address nor a DNS name"
+    return None
+
+
+# Each setting's own check: (value) -> problem or None. A new setting adds its line here
+# (tests/unit/test_settings.py fails for a setting without one).
+CHECKS = {
+    "aisha_domain": _domain_problem,
+    "aisha_user": _user_problem,
+    "aisha_base_dir": _abs_path_problem,
+    "aisha_log_dir": _abs_path_problem,
+    "aisha_data_dir": _data_dir_problem,
+    "app_port": _port_problem,
+    "app_source": _local_dir_problem,
+    "app_start_command": _command_problem,
+    "app_socket_activation": lambda v: None if v is None else _bool_problem(v),
+    "app_environment": _app_environment_problem,
+    "app_max_body_bytes": _positive_int_problem,
+    "fal_verify_signatures": _bool_problem,
+    "fal_jwks_url": _https_url_problem,
+    "fal_jwks_file": _jwks_file_problem,
+    "nginx_https_port": _port_problem,
+    "nginx_http_port": _port_problem,
+    "nginx_rate_limit_per_second": _positive_int_problem,
+    "nginx_rate_limit_burst": _positive_int_problem,
+    "tls_mode": _one_of(*TLS_MODES),
+    "tls_selfsigned_days": _positive_int_problem,
+    "tls_selfsigned_renew_days": _positive_int_problem,
+    "letsencrypt_email": _email_problem,
+    "letsencrypt_server": _acme_server_problem,
+    "letsencrypt_ca_bundle": _pem_bundle_problem,
+    "letsencrypt_extra_domains": _domain_list_problem,
+    "letsencrypt_restore_archive": _file_problem,
+    "letsencrypt_on_failure": _one_of("degrade", "fail"),
+    "firewall_enabled": _bool_problem,
+    "ssh_port": _port_problem,
+    "verify_enabled": _bool_problem,
+    "verify_address": _address_problem,
+    "verify_ca_bundle": _file_problem,  # read on the control machine only, by the verification
+    "backup_enabled": lambda v: None if v is None or isinstance(v, bool) else f"{v!r} is not True, False or None",
+    "backup_interval_minutes": _positive_int_problem,
+    "backup_keep": _positive_int_problem,
+    "backup_dir": _abs_path_problem,
+    "events_restore_archive": _file_problem,
+    "events_keep_days": lambda v: None if v is None else _positive_int_problem(v) and (
+        f"{_positive_int_problem(v)} (days), or None to keep every event"),
+}
+
+
 def _check_each(values: dict[str, Any]) -> list[tuple[str, str]]:
-    """Problems with single values, as (key, message)."""
-    checks = {
-        "aisha_domain": _domain_problem,
-        "aisha_base_dir": _abs_path_problem,
-        "aisha_log_dir": _abs_path_problem,
-        "aisha_data_dir": _abs_path_problem,
-        "app_port": _port_problem,
-        "app_max_body_bytes": _positive_int_problem,
-        "fal_verify_signatures": _bool_problem,
-        "fal_jwks_file": _file_problem,
-        "nginx_https_port": _port_problem,
-        "nginx_http_port": _port_problem,
-        "nginx_rate_limit_per_second": _positive_int_problem,
-        "nginx_rate_limit_burst": _positive_int_problem,
-        "tls_selfsigned_days": _positive_int_problem,
-        "tls_selfsigned_renew_days": _positive_int_problem,
-        "letsencrypt_ca_bundle": _file_problem,
-        "letsencrypt_restore_archive": _file_problem,
-        "firewall_enabled": _bool_problem,
-        "app_socket_activation": lambda v: None if v is None else _bool_problem(v),
-        "ssh_port": _port_problem,
-        "verify_enabled": _bool_problem,
-        "verify_ca_bundle": _file_problem,
-    }
+    """Problems with single values, as (key, message). A value with a control character
+    gets that one message: its own check would only add noise."""
     problems = []
-    for key, check in checks.items():
-        message = check(values[key])
+    for key in SETTING_NAMES:
+        message = _control_character_problem(values[key])
+        check = CHECKS.get(key)
+        if not message and check:
+            message = check(values[key])
         if message:
             problems.append((key, message))
-
-    if not str(values["aisha_data_dir"]).startswith("/var/lib/"):
-        problems.append(("aisha_data_dir", f"{values['aisha_data_dir']!r} must be below /var/lib/ (systemd's StateDirectory)"))
-    env_values = values["app_environment"] or {}
-    if isinstance(env_values, dict) and any("\n" in str(v) for v in env_values.values()):
-        problems.append(("app_environment", "values must be single lines"))
-
-    user = values["aisha_user"]
-    if not isinstance(user, str) or not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", user) or user == "root":
-        problems.append(("aisha_user", f"{user!r} is not a valid unprivileged user name"))
-    if values["tls_mode"] not in TLS_MODES:
-        problems.append(("tls_mode", f"{values['tls_mode']!r} is unknown; use one of {', '.join(TLS_MODES)}"))
-    if values["letsencrypt_on_failure"] not in ("degrade", "fail"):
-        problems.append(("letsencrypt_on_failure", f"{values['letsencrypt_on_failure']!r} is unknown; use 'degrade' or 'fail'"))
-    server = values["letsencrypt_server"]
-    if server not in LETSENCRYPT_SERVERS and not (isinstance(server, str) and server.startswith("https://")):
-        problems.append(("letsencrypt_server", f"{server!r} is neither 'production', 'staging' nor an https:// ACME directory URL"))
-    extra = values["letsencrypt_extra_domains"]
-    if not isinstance(extra, (list, tuple)):
-        problems.append(("letsencrypt_extra_domains", f"{extra!r} is not a list of DNS names"))
-    else:
-        for name in extra:
-            message = _domain_problem(name)
-            if message:
-                problems.append(("letsencrypt_extra_domains", message))
-    env = values["app_environment"]
-    if env is not None and (
-        not isinstance(env, dict) or not all(isinstance(k, str) and _ENV_NAME.match(k) for k in env)
-    ):
-        problems.append(("app_environment", f"{env!r} is not a mapping of environment variable names to values"))
-    if values["verify_address"] is not None:
-        try:
-            ipaddress.ip_address(values["verify_address"])
-        except ValueError:
-            if _domain_problem(values["verify_address"]):
-                problems.append(("verify_address", f"{values['verify_address']!r} is neither an IP address nor a DNS name"))
     return problems
 
 
 def _backup_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
-    """The event store backup settings, alone and together."""
+    """The event store backup settings together (each value alone is checked by CHECKS)."""
     from aisha_infra.snapshots import snapshot_problem  # it runs the bundled backend's check
 
     problems = []
-    for key in ("backup_interval_minutes", "backup_keep"):
-        message = _positive_int_problem(values[key])
-        if message:
-            problems.append((key, message))
-    enabled = values["backup_enabled"]
-    if enabled is not None and not isinstance(enabled, bool):
-        problems.append(("backup_enabled", f"{enabled!r} is not True, False or None"))
-    own_backend = values["app_source"] is not None
+    enabled, own_backend = values["backup_enabled"], values["app_source"] is not None
     if enabled is True and own_backend:
         problems.append(("backup_enabled", "backs up the bundled app's event store; your own backend (app_source) keeps its own data"))
     backup_dir, data_dir = values["backup_dir"], str(values["aisha_data_dir"])
-    message = _abs_path_problem(backup_dir)
-    if message:
-        problems.append(("backup_dir", message))
-    elif backup_dir == data_dir or backup_dir.startswith(data_dir + "/") or data_dir.startswith(backup_dir + "/"):
+    if not _abs_path_problem(backup_dir) and (
+            backup_dir == data_dir or backup_dir.startswith(data_dir + "/") or data_dir.startswith(backup_dir + "/")):
         problems.append(("backup_dir", f"{backup_dir!r} overlaps aisha_data_dir {data_dir!r}, which the app user can write; "
                                        "keep snapshots apart, e.g. '/var/backups/aisha'"))
-    keep_days = values["events_keep_days"]
-    if keep_days is not None:
-        message = _positive_int_problem(keep_days)
-        if message:
-            problems.append(("events_keep_days", f"{message} (days), or None to keep every event"))
-        elif enabled is False or own_backend:
-            problems.append(("events_keep_days", "pruning runs with the backups: it needs backup_enabled and the bundled app"))
+    if values["events_keep_days"] is not None and (enabled is False or own_backend):
+        problems.append(("events_keep_days", "pruning runs with the backups: it needs backup_enabled and the bundled app"))
     archive = values["events_restore_archive"]
-    if archive is not None:
-        message = _file_problem(archive)
-        if not message and own_backend:
+    if archive is not None and not _file_problem(archive):
+        message = None
+        if own_backend:
             message = "restores the bundled app's event store; remove it when app_source is set"
-        if not message:
-            fault = snapshot_problem(archive)
-            if fault:
-                message = (f"{archive!r} is not a usable event snapshot: {fault}. "
-                           "Use a file written by `aisha-infra events pull`.")
+        elif fault := snapshot_problem(archive):
+            message = (f"{archive!r} is not a usable event snapshot: {fault}. "
+                       "Use a file written by `aisha-infra events pull`.")
         if message:
             problems.append(("events_restore_archive", message))
     return problems
@@ -399,23 +560,56 @@ def _check_together(values: dict[str, Any]) -> list[tuple[str, str]]:
         seen.setdefault(port, key)
 
     if values["tls_mode"] == "letsencrypt":
-        email = values["letsencrypt_email"]
-        if not email:
+        if not values["letsencrypt_email"]:
             problems.append(("letsencrypt_email", "is required with tls_mode='letsencrypt' (Let's Encrypt sends expiry notices there)"))
-        elif not isinstance(email, str) or not _EMAIL.match(email):
-            problems.append(("letsencrypt_email", f"{email!r} is not an e-mail address"))
         if values["nginx_http_port"] != 80:
             problems.append(("nginx_http_port", "must be 80 with tls_mode='letsencrypt': ACME HTTP-01 validation always connects to port 80"))
 
-    source = values["app_source"]
-    if source is not None:
-        if not isinstance(source, str) or not Path(source).expanduser().is_dir():
-            problems.append(("app_source", f"{source!r} is not a directory on the control machine"))
+    if values["app_source"] is not None:
         if not values["app_start_command"]:
             problems.append(("app_start_command", "is required with app_source: say how systemd starts your backend"))
     if values["fal_verify_signatures"] and not (values["fal_jwks_url"] or values["fal_jwks_file"]):
         problems.append(("fal_jwks_url", "fal_verify_signatures needs fal_jwks_url or fal_jwks_file"))
+
+    archive = values["letsencrypt_restore_archive"]
+    if archive and not _file_problem(archive) and not _domain_problem(values["aisha_domain"]):
+        from aisha_infra.letsencrypt_archive import ArchiveError, checked_archive
+
+        try:
+            checked_archive(archive, values["aisha_domain"])
+        except ArchiveError as exc:
+            problems.append(("letsencrypt_restore_archive", f"{archive!r} {exc}; nothing from it was restored"))
     return problems
+
+
+# The bundled app's variables the deploy derives from settings (aisha_infra/rendering.py).
+_BUNDLED_APP_VARIABLES = {
+    "AISHA_DATA_DIR": "aisha_data_dir",
+    "AISHA_API_PORT": "app_port",
+    "AISHA_MAX_BODY_BYTES": "app_max_body_bytes",
+    "AISHA_FAL_VERIFY_SIGNATURES": "fal_verify_signatures",
+    "AISHA_FAL_JWKS_URL": "fal_jwks_url",
+    "AISHA_FAL_JWKS_FILE": "fal_jwks_file",
+}
+
+
+def _bundled_app_problems(settings: Settings) -> list[tuple[str, str]]:
+    """The bundled app's environment, as the unit will set it, through the app's own
+    configuration rules: a value it refuses never reaches the host."""
+    from aisha_infra.bundled_app import environment_problem
+    from aisha_infra.rendering import app_environment
+
+    if not settings.uses_bundled_app:
+        return []
+    problem = environment_problem(app_environment(settings))
+    if problem is None:
+        return []
+    variable, detail = problem
+    if variable in (settings.app_environment or {}):
+        key = "app_environment"
+    else:
+        key = _BUNDLED_APP_VARIABLES.get(variable, "app_environment")
+    return [(key, f"the bundled app refuses {variable}: {detail}")]
 
 
 def unknown_keys(data: dict[str, Any]) -> list[tuple[str, str]]:
@@ -438,6 +632,8 @@ def build_settings(data: dict[str, Any], where: str = "") -> Settings:
         values["letsencrypt_extra_domains"] = tuple(values["letsencrypt_extra_domains"])
 
     problems = unknown_keys(data) + _check_each(values) + _check_together(values) + _backup_problems(values)
+    if not problems:  # the app's own rules need values that passed ours
+        problems = _bundled_app_problems(Settings(**values))
     if problems:
         prefix = f"{where}: " if where else ""
         lines = [f"  {key}: {message}" for key, message in problems]

@@ -7,14 +7,17 @@ certificate snippet switches to the issued files once they exist.
 
 from __future__ import annotations
 
+import io
+import posixpath
 import shlex
 import time
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, operation
+from pyinfra.api import FunctionCommand, OperationError, operation
 from pyinfra.operations import files
 
 from aisha_infra.facts.tls import CertificateState
+from aisha_infra.letsencrypt_archive import ArchiveError, checked_archive
 
 # Host name -> why the last issuance failed; the verify step reports it.
 ISSUANCE_FAILURES: dict[str, str] = {}
@@ -113,12 +116,30 @@ def certificate(
     yield FunctionCommand(_issue, (names, email, server, webroot, ca_bundle_remote, on_failure), {})
 
 
+RESTORE_PAYLOAD = "/root/.aisha-letsencrypt-restore.tar.gz"
+
+
+def restore_command(payload: str) -> str:
+    """Unpack the checked archive without trusting it: owned by root whatever the
+    archive says, into a fresh directory first, then moved (or merged) into place."""
+    return (
+        "set -e; "
+        "staging=$(mktemp -d /etc/.aisha-letsencrypt-restore.XXXXXX); "
+        f"trap 'rm -rf \"$staging\" {payload}' EXIT; "
+        f"tar --no-same-owner -xzf {payload} -C \"$staging\"; "
+        "if [ -e /etc/letsencrypt ]; then cp -a \"$staging/letsencrypt/.\" /etc/letsencrypt/; "
+        "else mv \"$staging/letsencrypt\" /etc/letsencrypt; fi"
+    )
+
+
 @operation()
 def restore_archive(archive: str, live_dir: str):
     """
     Unpack a backup of /etc/letsencrypt (made by `aisha-infra certs export`) on a host
     that has no certificate yet, so a rebuilt server serves the old one without asking
-    the ACME server again. Never overwrites an existing certificate.
+    the ACME server again. Never overwrites an existing certificate. Only the re-packed,
+    checked archive is uploaded (aisha_infra/letsencrypt_archive.py); settings
+    validation has refused a bad one before any host was touched.
 
     + archive: tar.gz on the control machine
     + live_dir: /etc/letsencrypt/live/<domain>
@@ -126,7 +147,9 @@ def restore_archive(archive: str, live_dir: str):
     if host.get_fact(CertificateState, cert=f"{live_dir}/fullchain.pem") is not None:
         host.noop(f"{live_dir} exists: nothing to restore")
         return
-    remote = "/root/.aisha-letsencrypt-restore.tar.gz"
-    yield from files.put._inner(src=archive, dest=remote, mode="0600", user="root", group="root")
-    # -p keeps modes (private keys stay 0600), root keeps owners.
-    yield f"tar -C /etc -xzpf {remote} && rm -f {remote}"
+    try:
+        checked = checked_archive(archive, posixpath.basename(live_dir))
+    except ArchiveError as exc:  # changed since settings validation accepted it
+        raise OperationError(f"letsencrypt_restore_archive {archive!r} {exc}") from None
+    yield from files.put._inner(src=io.BytesIO(checked), dest=RESTORE_PAYLOAD, mode="0600", user="root", group="root")
+    yield restore_command(RESTORE_PAYLOAD)

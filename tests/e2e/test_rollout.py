@@ -27,8 +27,9 @@ pytestmark = pytest.mark.e2e
 AISHA_INFRA = str(Path(sys.executable).with_name("aisha-infra"))
 # Short gates keep the tests quick; the defaults (60 s soak) are for real servers.
 GATE = ["--soak", "2", "--checks", "2", "--interval", "1"]
-# The bundled app refuses to start with a port that is not a number (its config check).
-BROKEN_APP = {"app_environment": {"AISHA_API_PORT": "notaport"}}
+# The bundled app cannot create its data directory and exits: a failure only the host
+# shows (values its config check refuses are stopped on the control machine).
+BROKEN_APP = {"app_environment": {"AISHA_DATA_DIR": "/nonexistent/aisha"}}
 # What a deploy would touch, and whether anything restarted.
 SNAPSHOT = (
     f"sha256sum {SERVICE_UNIT_PATH} {SOCKET_UNIT_PATH} {NGINX_SITE_PATH}; "

@@ -2,7 +2,7 @@
 
 import pytest
 
-from aisha_infra.settings import SettingsError, build_settings
+from aisha_infra.settings import CHECKS, SETTING_NAMES, SettingsError, build_settings
 
 BASE = {"aisha_domain": "aibots.test"}
 
@@ -24,7 +24,7 @@ def test_unrelated_pyinfra_data_is_ignored():
     [
         ({"aisha_domain": ""}, "aisha_domain", "is required"),
         ({"aisha_domain": "localhost"}, "aisha_domain", "fully qualified"),
-        ({"aisha_domain": "bad_name.example.com"}, "aisha_domain", "not a valid DNS name"),
+        ({"aisha_domain": "bad_name.example.com"}, "aisha_domain", "not allowed in a DNS name: '_'"),
         ({"aisha_domain": "198.18.1.2"}, "aisha_domain", "IP address"),
         ({"nginx_https_port": 70000}, "nginx_https_port", "not a TCP port"),
         ({"app_port": "8000"}, "app_port", "not a TCP port"),
@@ -35,7 +35,7 @@ def test_unrelated_pyinfra_data_is_ignored():
         ({"tls_mode": "letsencrypt", "letsencrypt_email": "nope"}, "letsencrypt_email", "not an e-mail"),
         ({"tls_mode": "letsencrypt", "letsencrypt_email": "a@b.org", "nginx_http_port": 8080}, "nginx_http_port", "must be 80"),
         ({"letsencrypt_server": "http://acme.example/dir"}, "letsencrypt_server", "https://"),
-        ({"letsencrypt_extra_domains": ["ok.example.com", "not ok.example.com"]}, "letsencrypt_extra_domains", "not a valid DNS name"),
+        ({"letsencrypt_extra_domains": ["ok.example.com", "not ok.example.com"]}, "letsencrypt_extra_domains", "not allowed in a DNS name"),
         ({"letsencrypt_ca_bundle": "/nonexistent.pem"}, "letsencrypt_ca_bundle", "not a file"),
         ({"app_source": "/nonexistent"}, "app_source", "not a directory"),
         ({"app_source": "/tmp"}, "app_start_command", "is required"),
@@ -68,3 +68,8 @@ def test_letsencrypt_settings():
     assert s.letsencrypt_directory_url.startswith("https://acme-staging-v02")
     assert s.letsencrypt_domains == ["aibots.test", "www.aibots.test"]
     assert s.letsencrypt_live_dir == "/etc/letsencrypt/live/aibots.test"
+
+
+def test_every_setting_has_a_check():
+    missing = [name for name in SETTING_NAMES if name not in CHECKS]
+    assert not missing, f"settings without a check in aisha_infra/settings.py CHECKS: {missing}"
