@@ -7,7 +7,7 @@ and Let's Encrypt's HTTP-01 challenge needs nginx and port 80 up first.
 
 from pyinfra import host
 
-from aisha_infra.config import validate_inventory
+from aisha_infra.config import check_supported_systems, validate_inventory
 from tasks.app import deploy_app
 from tasks.backup import remove_backups, restore_events, schedule_backups
 from tasks.connection import send_without_delay
@@ -19,8 +19,9 @@ from tasks.service_user import create_service_user
 from tasks.tls import ensure_certificates
 from tasks.verify import verify_endpoint
 
-# Every host's settings are checked before the first operation anywhere.
+# Every host's settings and system are checked before the first operation anywhere.
 settings = validate_inventory(host.state)[host.name]
+check_supported_systems(host.state)
 
 send_without_delay()
 

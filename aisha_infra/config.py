@@ -5,7 +5,9 @@ from __future__ import annotations
 from weakref import WeakKeyDictionary
 
 from pyinfra.api.exceptions import PyinfraError
+from pyinfra.facts.server import LinuxDistribution
 
+from aisha_infra.facts.system import unsupported_system
 from aisha_infra.settings import Settings, SettingsError, build_settings
 
 
@@ -48,3 +50,21 @@ def validate_before_connecting(state) -> None:
         validate_inventory(state)
 
     state.init = init_then_validate
+
+
+_SYSTEMS_CHECKED: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def check_supported_systems(state) -> None:
+    """Stop the run while it is still being prepared, so before any change on any host,
+    when a host runs anything but a supported Debian; one error names every such host."""
+    if state in _SYSTEMS_CHECKED:
+        return
+    problems = []
+    for inventory_host in state.inventory.iter_activated_hosts():
+        reason = unsupported_system(inventory_host.get_fact(LinuxDistribution))
+        if reason:
+            problems.append(f"  {inventory_host.name}: {reason}")
+    if problems:
+        raise PyinfraError("unsupported system; nothing was changed on any host.\n" + "\n".join(problems))
+    _SYSTEMS_CHECKED[state] = True

@@ -132,6 +132,20 @@ class Settings:
     # in self-signed mode, the system trust store in letsencrypt mode.
     verify_ca_bundle: str | None = None
 
+    # --- fresh VMs: waiting, limits, SSH kept open --------------------------------
+    # Seconds to wait, in all, for another apt/dpkg (unattended-upgrades right after a
+    # VM boots, or an interrupted run's apt) to release its lock before failing.
+    apt_lock_timeout: int = 600
+    # Seconds the package step may take in all (lock waiting and downloads included).
+    apt_timeout: int = 1800
+    # Seconds `pip install -r requirements.txt` of your backend may take.
+    pip_timeout: int = 900
+    # Seconds the end-of-run check from the control machine may take.
+    verify_timeout: int = 120
+    # Your own ufw rules to keep, written as `ufw show added` prints them, e.g.
+    # "allow from 203.0.113.5 to any port 9100 proto tcp"; every other rule is removed.
+    firewall_extra_rules: tuple = ()
+
     # --- derived values -----------------------------------------------------------
     @property
     def app_dir(self) -> str:
@@ -217,7 +231,7 @@ SETTING_NAMES = tuple(f.name for f in fields(Settings))
 # Prefixes that mark a data key as ours, so a misspelt one is caught instead of ignored.
 # (ssh_ is pyinfra's own: ssh_user, ssh_key, ...)
 OUR_PREFIXES = ("aisha_", "app_", "fal_", "nginx_", "tls_", "letsencrypt_", "firewall_", "verify_",
-                "backup_", "events_")
+                "backup_", "events_", "apt_", "pip_")
 
 
 class SettingsError(ValueError):
@@ -462,6 +476,42 @@ def _address_problem(value: Any) -> str | None:
     return None
 
 
+_UFW_PORTS = r"\d{1,5}(:\d{1,5})?(,\d{1,5}(:\d{1,5})?)*"
+# The form `ufw show added` prints, which is how the firewall step recognises a rule as kept.
+_UFW_RULE = re.compile(
+    r"^(allow|deny|reject|limit)( (in|out))?( on [A-Za-z0-9_.-]+)?"
+    rf"( {_UFW_PORTS}(/(tcp|udp))?"
+    rf"|( from (?!any$|any )[^ ]+| from any(?= port))?( port {_UFW_PORTS})?"
+    rf"( to (?!any$|any )[^ ]+| to any(?= port))?( port {_UFW_PORTS})?( proto (tcp|udp|ah|esp|gre|ipv6|igmp))?)$"
+)
+
+
+def _ufw_rule_problem(rule: Any) -> str | None:
+    example = "e.g. 'allow 9100/tcp' or 'allow from 203.0.113.5 to any port 9100 proto tcp'"
+    if not isinstance(rule, str) or not _UFW_RULE.match(rule):
+        return f"{rule!r} is not a ufw rule in the form `ufw show added` prints it ({example})"
+    if not re.search(r" (from|to) |/|^\S+( (in|out))?( on \S+)? \d", rule):
+        return f"{rule!r} names neither a port nor an address ({example})"
+    for address in re.findall(r" (?:from|to) (\S+)", rule):
+        if address != "any":
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                return f"{rule!r}: {address!r} is not an IP address or network"
+    return None
+
+
+def _ufw_rules_problem(value: Any) -> str | None:
+    if not isinstance(value, (list, tuple)):
+        return f"{value!r} is not a list of ufw rules"
+    return "; ".join(filter(None, map(_ufw_rule_problem, value))) or None
+
+
+def _seconds_problem(value: Any) -> str | None:
+    message = _positive_int_problem(value)
+    return message and f"{message} (seconds)"
+
+
 # Each setting's own check: (value) -> problem or None. A new setting adds its line here
 # (tests/unit/test_settings.py fails for a setting without one).
 CHECKS = {
@@ -504,6 +554,11 @@ CHECKS = {
     "events_restore_archive": _file_problem,
     "events_keep_days": lambda v: None if v is None else _positive_int_problem(v) and (
         f"{_positive_int_problem(v)} (days), or None to keep every event"),
+    "apt_lock_timeout": _seconds_problem,
+    "apt_timeout": _seconds_problem,
+    "pip_timeout": _seconds_problem,
+    "verify_timeout": _seconds_problem,
+    "firewall_extra_rules": _ufw_rules_problem,
 }
 
 
@@ -612,6 +667,26 @@ def _bundled_app_problems(settings: Settings) -> list[tuple[str, str]]:
     return [(key, f"the bundled app refuses {variable}: {detail}")]
 
 
+def _fresh_vm_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """Limits and firewall rules together (each value alone is checked by CHECKS)."""
+    problems = []
+    lock, step = values["apt_lock_timeout"], values["apt_timeout"]
+    if not _seconds_problem(lock) and not _seconds_problem(step) and step <= lock:
+        problems.append(("apt_timeout", f"{step} must be longer than apt_lock_timeout ({lock}): "
+                                        "the step waits for the lock, then installs"))
+    rules = values["firewall_extra_rules"]
+    if _ufw_rules_problem(rules):
+        return problems
+    own_ports = {values["nginx_http_port"], values["nginx_https_port"]}
+    for rule in rules:
+        simple = re.match(r"^(deny|reject|limit) (\d+)(/tcp)?$", rule)
+        if simple and int(simple.group(2)) in own_ports:
+            # ufw keeps one rule per port and protocol: it and our `allow` would replace each other every run
+            problems.append(("firewall_extra_rules",
+                             f"{rule!r} contradicts the deploy's own 'allow {simple.group(2)}/tcp' (HTTP/HTTPS)"))
+    return problems
+
+
 def unknown_keys(data: dict[str, Any]) -> list[tuple[str, str]]:
     """Keys that look like ours (by prefix) but are not settings: almost always typos."""
     problems = []
@@ -630,8 +705,11 @@ def build_settings(data: dict[str, Any], where: str = "") -> Settings:
     values.update({k: v for k, v in data.items() if k in SETTING_NAMES})
     if isinstance(values["letsencrypt_extra_domains"], list):
         values["letsencrypt_extra_domains"] = tuple(values["letsencrypt_extra_domains"])
+    if isinstance(values["firewall_extra_rules"], list):
+        values["firewall_extra_rules"] = tuple(values["firewall_extra_rules"])
 
-    problems = unknown_keys(data) + _check_each(values) + _check_together(values) + _backup_problems(values)
+    problems = (unknown_keys(data) + _check_each(values) + _check_together(values) + _backup_problems(values)
+                + _fresh_vm_problems(values))
     if not problems:  # the app's own rules need values that passed ours
         problems = _bundled_app_problems(Settings(**values))
     if problems:

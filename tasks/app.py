@@ -40,6 +40,7 @@ def deploy_app(settings: Settings):
             name="Install the backend's requirements.txt",
             venv=settings.venv_dir,
             requirements=f"{settings.app_dir}/requirements.txt",
+            _timeout=settings.pip_timeout,
         )
 
     if settings.uses_socket_activation:

@@ -1,18 +1,10 @@
-from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
 from aisha_infra import rendering
-from aisha_infra.operations.nginx import certificate_snippet, validated_config
+from aisha_infra.operations.nginx import certificate_snippet, site_config
 from aisha_infra.settings import Settings
-
-
-def nginx_wants_http2_directive() -> bool:
-    """Debian 13 ships nginx 1.26; the release does not change during a run."""
-    release = host.get_fact(LinuxDistribution)
-    return release["name"] == "Debian" and (release["major"] or 0) >= 13
 
 
 def point_site_at_certificate(settings: Settings, name: str):
@@ -44,11 +36,12 @@ def configure_site(settings: Settings, certificate_changes: list):
         present=False,
     )
     snippet = point_site_at_certificate(settings, name="Point the site at its certificate")
-    site = validated_config(
+    # HTTP/2 syntax from nginx's own version, read on the host (site_config)
+    site = site_config(
         name=f"Render the webhook site (TLS on {settings.nginx_https_port}), live only if nginx -t passes",
         template="nginx/aisha-webhook.conf.j2",
         dest=rendering.NGINX_SITE_PATH,
-        context=rendering.site_context(settings, http2_directive=nginx_wants_http2_directive()),
+        context=rendering.site_context(settings),
         enable_link=rendering.NGINX_SITE_LINK,
     )
     files.template(

@@ -1,6 +1,6 @@
 from pyinfra.api import deploy
-from pyinfra.operations import apt
 
+from aisha_infra.operations.apt import packages_installed
 from aisha_infra.settings import Settings
 
 PACKAGES = [
@@ -17,10 +17,9 @@ PACKAGES = [
 
 @deploy("Packages")
 def install_packages(settings: Settings):
-    apt.packages(
+    packages_installed(
         name="Install nginx, certbot, ufw and python3-venv",
         packages=PACKAGES,
-        # refresh the package lists only when older than an hour: re-runs stay fast
-        update=True,
-        cache_time=3600,
+        lock_wait=settings.apt_lock_timeout,
+        _timeout=settings.apt_timeout,
     )

@@ -17,4 +17,5 @@ def verify_endpoint(settings: Settings):
         ca_bundle=settings.verify_ca_bundle,
         pinned_cert=settings.pinned_certificate,  # trust exactly the certificate we deployed
         fallback_cert=settings.selfsigned_cert_path if settings.tls_mode == "letsencrypt" else None,
+        timeout=settings.verify_timeout,
     )

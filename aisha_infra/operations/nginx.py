@@ -15,9 +15,11 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import StringCommand, operation
+from pyinfra.api.exceptions import OperationError
 from pyinfra.facts.files import Link, Sha1File
 from pyinfra.operations import files
 
+from aisha_infra.facts.system import NginxVersion, wants_http2_directive
 from aisha_infra.facts.tls import CertificateState
 from aisha_infra.rendering import certificate_snippet_context, render
 
@@ -67,6 +69,27 @@ def validated_config(template: str, dest: str, context: dict, enable_link: str |
     staged = f"{dest}.aisha-new"
     yield from files.put._inner(src=StringIO(content), dest=staged, mode="0644", user="root", group="root")
     yield StringCommand(swap_and_test_script(dest, staged, enable_link))
+
+
+@operation()
+def site_config(template: str, dest: str, context: dict, enable_link: str | None = None):
+    """
+    validated_config for a site whose `http2_directive` follows the nginx on the host.
+
+    + template, dest, context, enable_link: as validated_config
+
+    Read when the operation runs: on a fresh host nginx is installed by then (while
+    preparing, only the version apt would install is known).
+    """
+    version = host.get_fact(NginxVersion)
+    if version is None and host.state.is_executing:
+        raise OperationError("cannot tell nginx's version (`nginx -v`): is the nginx package installed?")
+    yield from validated_config._inner(
+        template=template,
+        dest=dest,
+        context={**context, "http2_directive": wants_http2_directive(version)},
+        enable_link=enable_link,
+    )
 
 
 @operation()

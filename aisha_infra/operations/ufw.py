@@ -23,20 +23,21 @@ def _check_rule(rule: str) -> None:
 
 
 @operation()
-def allow_only(rules: list[str], protect: str | None = None):
+def allow_only(rules: list[str], protect: list[str] | tuple = ()):
     """
     Make `rules` (e.g. ``["allow 22/tcp", "allow 8443/tcp"]``) the only ufw user rules.
 
     + rules: wanted rules, added in this order when missing
-    + protect: a rule (the SSH one) that is never deleted, even if not listed
+    + protect: rules (the SSH ones) that are never deleted, even if not listed
 
     Missing rules are added before any other rule is deleted, so SSH stays open
     throughout. Runs while ufw is inactive too, so rules exist before it is enabled.
     """
+    rules = list(dict.fromkeys(rules))  # an extra rule may repeat one of ours
     for rule in rules:
         _check_rule(rule)
     current = host.get_fact(UfwState)["rules"]
-    keep = set(rules) | ({protect} if protect else set())
+    keep = set(rules) | set(protect)
 
     to_add = [rule for rule in rules if rule not in current]
     to_delete = [rule for rule in current if rule not in keep]

@@ -22,13 +22,20 @@ from aisha_infra.operations.letsencrypt import ISSUANCE_FAILURES
 EXPIRY_WARNING_DAYS = 21
 # `systemctl reload nginx` returns before old workers hand over: allow them this long.
 SETTLE_SECONDS, SETTLE_INTERVAL = 10.0, 0.5
+REQUEST_SECONDS = 10.0  # one request's limit, within what is left of the step's
 
 
-def _settled_health(address: str, domain: str, port: int, trust: str | None) -> tuple[bool, str]:
-    deadline = time.monotonic() + SETTLE_SECONDS
+def _request_timeout(deadline: float) -> float:
+    """Each request gets what is left of the step's time (verify_timeout), at most REQUEST_SECONDS."""
+    return max(0.1, min(REQUEST_SECONDS, deadline - time.monotonic()))
+
+
+def _settled_health(address: str, domain: str, port: int, trust: str | None, deadline: float) -> tuple[bool, str]:
+    settled = min(time.monotonic() + SETTLE_SECONDS, deadline)
     while True:
-        ok, detail = health.check_https_health(address, domain, port=port, ca_bundle=trust)
-        if ok or time.monotonic() >= deadline:
+        ok, detail = health.check_https_health(address, domain, port=port, ca_bundle=trust,
+                                               timeout=_request_timeout(deadline))
+        if ok or time.monotonic() >= settled:
             return ok, detail
         time.sleep(SETTLE_INTERVAL)
 
@@ -54,8 +61,8 @@ def _fail_host(state, host, message: str) -> bool:
     return False
 
 
-def _report_certificate(address: str, domain: str, port: int) -> None:
-    served = tlscheck.fetch_served_chain(address, port, domain)
+def _report_certificate(address: str, domain: str, port: int, deadline: float) -> None:
+    served = tlscheck.fetch_served_chain(address, port, domain, timeout=_request_timeout(deadline))
     if not served.certs:
         return
     leaf = served.certs[0]
@@ -75,6 +82,7 @@ def https_endpoint(
     pinned_cert: str | None = None,
     fallback_cert: str | None = None,
     check_webhook: bool = True,
+    timeout: float = 120,
 ):
     """
     Verify `GET https://domain:port/health` (and a webhook POST) by connecting to
@@ -89,37 +97,44 @@ def https_endpoint(
     + fallback_cert: self-signed certificate on the host that may be served instead
       when Let's Encrypt issuance failed this run (the degraded state)
     + check_webhook: also POST a test event to the webhook path
+    + timeout: seconds the whole check may take (verify_timeout); every request is bounded by it
     """
     if not host.state.is_executing:
         return  # change detection: nothing is deployed yet, so nothing to prove
+    deadline = time.monotonic() + timeout
+    over_time = f" (the verify step's limit, verify_timeout = {timeout:g} s, is used up)"
 
     trust = _fetch_certificate(pinned_cert) if pinned_cert else ca_bundle
     if pinned_cert and trust is None:
         yield FunctionCommand(_fail_host, (f"cannot verify TLS: {pinned_cert} is missing on the host",), {})
         return
-    ok, detail = _settled_health(address, domain, port, trust)
+    ok, detail = _settled_health(address, domain, port, trust, deadline)
 
     degraded = None
     if not ok and fallback_cert and host.name in ISSUANCE_FAILURES:
         fallback = _fetch_certificate(fallback_cert)
         if fallback:
-            fallback_ok, fallback_detail = health.check_https_health(address, domain, port=port, ca_bundle=fallback)
+            fallback_ok, fallback_detail = health.check_https_health(
+                address, domain, port=port, ca_bundle=fallback, timeout=_request_timeout(deadline))
             if fallback_ok:
                 degraded, trust, ok, detail = ISSUANCE_FAILURES[host.name], fallback, True, fallback_detail
 
     if not ok:
+        detail += over_time if time.monotonic() >= deadline else ""
         yield FunctionCommand(_fail_host, (f"HTTPS health check failed for https://{domain}:{port}/health via {address}: {detail}",), {})
         return
     logger.info(f"{host.print_prefix}HTTPS health OK: {detail}")
 
     if check_webhook:
-        ok, detail = health.check_webhook_post(address, domain, port=port, ca_bundle=trust)
+        ok, detail = health.check_webhook_post(address, domain, port=port, ca_bundle=trust,
+                                               timeout=_request_timeout(deadline))
         if not ok:
+            detail += over_time if time.monotonic() >= deadline else ""
             yield FunctionCommand(_fail_host, (f"webhook POST check failed via {address}: {detail}",), {})
             return
         logger.info(f"{host.print_prefix}Webhook POST OK: {detail}")
 
-    _report_certificate(address, domain, port)
+    _report_certificate(address, domain, port, deadline)
     if degraded:
         logger.warning(
             f"{host.print_prefix}TLS state: DEGRADED - serving the self-signed certificate, "

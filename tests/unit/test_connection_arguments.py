@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 from pyinfra.api import FunctionCommand, operation
 
-from aisha_infra.operations import accounts, app, nginx, tls, ufw, verify
-from aisha_infra.rendering import certificate_snippet_context
+from aisha_infra.operations import accounts, app, apt, nginx, tls, ufw, verify
+from aisha_infra.rendering import certificate_snippet_context, site_context
+from aisha_infra.settings import build_settings
 from tests.unit.recording import Recorded, record_operation
 
 SUDO = {"_sudo": True}
@@ -28,6 +29,7 @@ OPERATIONS = {
     "accounts.system_user": (accounts.system_user, lambda tmp: dict(
         user="aisha", group="aisha", home="/opt/aisha-backend", shell="/usr/sbin/nologin"),
         {"uname -s": ["Linux"], "command -v useradd": ["/usr/sbin/useradd"]}),
+    "apt.packages_installed": (apt.packages_installed, lambda tmp: dict(packages=["ufw"], lock_wait=600), {}),
     "app.mirrored_directory": (app.mirrored_directory, lambda tmp: dict(
         src=backend_source(tmp), dest="/opt/aisha-backend/app", user="aisha", group="aisha",
         mode="0644", dir_mode="0755", exclude=["*.pyc"], exclude_dir=["__pycache__"]), {}),
@@ -39,6 +41,10 @@ OPERATIONS = {
         template="nginx/aisha-webhook-certificate.conf.j2",
         dest="/etc/nginx/snippets/aisha-webhook-certificate.conf",
         context=certificate_snippet_context("/x.crt", "/x.key", "self-signed")), {}),
+    "nginx.site_config": (nginx.site_config, lambda tmp: dict(
+        template="nginx/aisha-webhook.conf.j2", dest="/etc/nginx/sites-available/aisha-webhook.conf",
+        context=site_context(build_settings({"aisha_domain": "a.test"}))),
+        {"nginx -v": ["nginx version: nginx/1.26.3"]}),
     "nginx.certificate_snippet": (nginx.certificate_snippet, lambda tmp: dict(
         dest="/etc/nginx/snippets/aisha-webhook-certificate.conf", selfsigned_cert="/x.crt",
         selfsigned_key="/x.key", letsencrypt_live_dir="/etc/letsencrypt/live/a.test",

@@ -36,24 +36,24 @@ def test_fact_on_fresh_install():
 
 
 def test_fresh_host_adds_ssh_first():
-    commands, _ = run_operation(ufw.allow_only, ufw_facts(), rules=WANTED, protect="allow 22/tcp")
+    commands, _ = run_operation(ufw.allow_only, ufw_facts(), rules=WANTED, protect=["allow 22/tcp"])
     assert commands == ["ufw allow 22/tcp", "ufw allow 80/tcp", "ufw allow 8443/tcp"]
 
 
 def test_converged_rules_yield_nothing():
-    commands, noops = run_operation(ufw.allow_only, ufw_facts(rules=WANTED), rules=WANTED, protect="allow 22/tcp")
+    commands, noops = run_operation(ufw.allow_only, ufw_facts(rules=WANTED), rules=WANTED, protect=["allow 22/tcp"])
     assert commands == [] and noops
 
 
 def test_drift_is_repaired_add_before_delete():
     facts = ufw_facts(rules=["allow 22/tcp", "allow 3306/tcp"])
-    commands, _ = run_operation(ufw.allow_only, facts, rules=WANTED, protect="allow 22/tcp")
+    commands, _ = run_operation(ufw.allow_only, facts, rules=WANTED, protect=["allow 22/tcp"])
     assert commands == ["ufw allow 80/tcp", "ufw allow 8443/tcp", "ufw delete allow 3306/tcp"]
 
 
 def test_protected_ssh_rule_is_never_deleted():
     facts = ufw_facts(rules=["allow 2222/tcp"])
-    commands, _ = run_operation(ufw.allow_only, facts, rules=["allow 80/tcp"], protect="allow 2222/tcp")
+    commands, _ = run_operation(ufw.allow_only, facts, rules=["allow 80/tcp"], protect=["allow 2222/tcp"])
     assert commands == ["ufw allow 80/tcp"]
 
 

@@ -1,0 +1,152 @@
+"""Issue 12 on fresh lab hosts that behave like a cloud VM's first minutes: another
+process holds apt's locks, a run is interrupted during apt, sshd listens on another
+port than the `ssh_port` setting, and a system the deploy does not support."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+
+import pytest
+
+from aisha_infra.lab import LabHost
+from aisha_infra.settings import PROJECT_ROOT
+from tests.e2e.deploylib import PYINFRA, run_deploy, write_hosts_file
+
+pytestmark = pytest.mark.e2e
+
+LOCK_SECONDS = 20
+RELEASED_AT = "/run/aisha-test-lock-released"
+# What unattended-upgrades does right after boot, as apt does it: fcntl locks on the
+# package lists and on dpkg's frontend lock (flock(1) would not block apt).
+HOLD_APT_LOCKS = (
+    "import fcntl, time\n"
+    "locks = [open(path, 'w') for path in ('/var/lib/apt/lists/lock', '/var/lib/dpkg/lock-frontend')]\n"
+    "for lock in locks:\n"
+    "    fcntl.lockf(lock, fcntl.LOCK_EX)\n"
+    f"time.sleep({LOCK_SECONDS})\n"
+    f"open('{RELEASED_AT}', 'w').write(str(time.time()))\n"
+)
+EXTRA_RULE = "allow from 203.0.113.5 to any port 9100 proto tcp"
+
+
+@pytest.fixture(scope="module")
+def locked_host(lab):
+    """A fresh host, deployed while another process held apt's locks."""
+    host = lab.add_hosts(count=1)[0]
+    try:
+        yield host
+    finally:
+        lab.destroy_host(host.name)
+
+
+def host_time(host: LabHost, dpkg_log_line: str) -> float:
+    stamp = " ".join(dpkg_log_line.split()[:2])
+    return float(host.run(f"date -d {shlex.quote(stamp)} +%s").stdout)
+
+
+def test_deploy_waits_for_apt_locks_and_converges(locked_host, tmp_path):
+    host = locked_host
+    dpkg_log_lines = int(host.run("cat /var/log/dpkg.log 2>/dev/null | wc -l").stdout)  # the image's own
+    host.run(f"systemd-run --unit=aisha-test-apt-lock python3 -c {shlex.quote(HOLD_APT_LOCKS)}")
+    assert host.run("systemctl is-active aisha-test-apt-lock").stdout.strip() == "active"
+    hosts_file = write_hosts_file(tmp_path / "hosts.json", [host])
+
+    first = run_deploy(hosts_file).check()
+
+    released = float(host.run(f"cat {RELEASED_AT}").stdout)
+    first_dpkg_action = host.run(f"sed -n {dpkg_log_lines + 1}p /var/log/dpkg.log").stdout
+    assert host_time(host, first_dpkg_action) >= int(released), "dpkg ran while the lock was held"
+    assert "HTTPS health OK" in first.output
+    assert run_deploy(hosts_file).check().totals["changed"] == 0
+
+
+def test_unsupported_system_stops_before_any_change(locked_host, tmp_path):
+    host = locked_host
+    hosts_file = write_hosts_file(tmp_path / "hosts.json", [host])
+    host.run("rm /etc/os-release && printf '%s\\n' 'PRETTY_NAME=\"Ubuntu 24.04.1 LTS\"' 'NAME=\"Ubuntu\"' "
+             "'VERSION_ID=\"24.04\"' 'ID=ubuntu' > /etc/os-release && ufw allow 3306/tcp")
+    try:
+        run = run_deploy(hosts_file)
+    finally:
+        host.run("rm /etc/os-release && ln -s ../usr/lib/os-release /etc/os-release")
+    assert run.returncode != 0
+    assert f"{host.name}: runs Ubuntu 24.04.1 LTS; this deploy supports Debian 12 (bookworm)" in run.output
+    assert "Starting operation" not in run.output
+    assert "3306" in host.run("ufw show added").stdout  # nothing changed: the stray rule is still there
+    host.run("ufw delete allow 3306/tcp")
+
+
+def test_lock_held_too_long_fails_naming_its_holder(locked_host, tmp_path):
+    host = locked_host
+    hosts_file = write_hosts_file(tmp_path / "hosts.json", [host], data={"apt_lock_timeout": 3, "apt_timeout": 120})
+    host.run("apt-get remove -y python3-certbot-nginx")  # something for the package step to do
+    hold = HOLD_APT_LOCKS.replace(f"time.sleep({LOCK_SECONDS})", "time.sleep(120)")
+    host.run(f"systemd-run --unit=aisha-test-apt-lock-long python3 -c {shlex.quote(hold)}")
+    try:
+        failed = run_deploy(hosts_file)
+    finally:
+        host.run("systemctl stop aisha-test-apt-lock-long")
+    assert failed.returncode != 0
+    holder = re.search(r"apt's lock was still held by process \d+ \((.*?)\) after waiting 3 s \(apt_lock_timeout\)",
+                       failed.output)
+    assert holder and "python3 -c import fcntl" in holder.group(1), failed.output[-3000:]
+    assert "Starting operation: App |" not in failed.output  # nothing after the failed step
+    run_deploy(hosts_file).check()
+    assert "ii  python3-certbot-nginx" in host.run("dpkg -l python3-certbot-nginx").stdout
+
+
+def test_interrupted_run_then_next_run_converges(lab_hosts, tmp_path):
+    host = lab_hosts(1)[0]
+    hosts_file = write_hosts_file(tmp_path / "hosts.json", [host])
+    log = tmp_path / "interrupted.log"
+    env = {**os.environ, "AISHA_HOSTS": str(hosts_file), "PYTHONPATH": str(PROJECT_ROOT)}
+    with log.open("w") as output:
+        deploy = subprocess.Popen([PYINFRA, "-y", "inventory.py", "deploy.py"], cwd=PROJECT_ROOT, env=env,
+                                  stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while deploy.poll() is None and time.monotonic() < deadline:
+            if host.run("grep -qx dpkg /proc/[0-9]*/comm", check=False).returncode == 0:
+                break
+            time.sleep(0.3)
+        assert deploy.poll() is None, f"the deploy ended before dpkg ran:\n{log.read_text()[-3000:]}"
+        deploy.send_signal(signal.SIGINT)
+        deploy.wait(timeout=60)
+    finally:
+        if deploy.poll() is None:
+            deploy.kill()
+            deploy.wait()
+    interrupted = log.read_text()
+    # pyinfra exits 0 on Ctrl-C: the log shows the run stopped during the package step
+    assert "Exiting upon user request" in interrupted and "Starting operation: App |" not in interrupted
+
+    run_deploy(hosts_file).check()
+    assert run_deploy(hosts_file).check().totals["changed"] == 0
+
+
+def test_sshd_on_another_port_stays_reachable(lab_hosts, tmp_path):
+    host = lab_hosts(1)[0]
+    host.run("echo 'Port 2222' > /etc/ssh/sshd_config.d/aisha-test-port.conf && systemctl restart ssh")
+    assert host.run("true", check=False).returncode != 0, "sshd still answers on 22"
+    # pyinfra connects on 2222 from an SSH config file; the ssh_port setting stays 22.
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(f"Host {host.address}\n    Port 2222\n")
+    hosts_file = write_hosts_file(tmp_path / "hosts.json", [host],
+                                  data={"ssh_config_file": str(ssh_config), "firewall_extra_rules": [EXTRA_RULE]})
+
+    first = run_deploy(hosts_file).check()
+
+    ssh_2222 = host.ssh_command("ufw status; ufw show added")
+    ssh_2222[1:1] = ["-p", "2222"]
+    firewall = subprocess.run(ssh_2222, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert firewall.returncode == 0, firewall.stderr
+    assert "Status: active" in firewall.stdout
+    assert {"ufw allow 2222/tcp", "ufw allow 22/tcp", f"ufw {EXTRA_RULE}"} <= set(firewall.stdout.splitlines())
+    assert "Firewall | Allow only SSH (22, 2222), HTTP (80) and HTTPS (8443), plus firewall_extra_rules" in first.output
+    # the next run connects through the active firewall, and has nothing to change
+    assert run_deploy(hosts_file).check().totals["changed"] == 0
