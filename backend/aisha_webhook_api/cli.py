@@ -1,7 +1,7 @@
 """Command line: `serve` (the default) and `events list|export` over the same database.
 
     python -m aisha_webhook_api [serve]
-    python -m aisha_webhook_api events list [--limit N] [--status OK|ERROR]
+    python -m aisha_webhook_api events list [--limit N] [--status STATUS]
     python -m aisha_webhook_api events export [--format jsonl] [--output FILE]
     python -m aisha_webhook_api events snapshot|verify|keep|prune ...  (backups: see backup.py)
 
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     events_commands = events.add_subparsers(dest="events_command", required=True)
     listing = events_commands.add_parser("list", help="newest events first, one per line")
     listing.add_argument("--limit", type=_positive_int, default=20, help="at most N events (20)")
-    listing.add_argument("--status", choices=("OK", "ERROR"), help="only events with this status")
+    listing.add_argument("--status", help="only events with this status (fal sends OK or ERROR)")
     export = events_commands.add_parser("export", help="every event, oldest first, as JSON lines")
     export.add_argument("--format", choices=("jsonl",), default="jsonl")
     export.add_argument("--output", help="file to write instead of stdout")
@@ -175,17 +175,21 @@ def _become_owner_of(path) -> None:
 
 
 def print_list(events: list[dict], out: TextIO) -> None:
-    out.write("ID\tRECEIVED_AT\tSTATUS\tREQUEST_ID\tGATEWAY_REQUEST_ID\tERROR\n")
+    out.write("ID\tRECEIVED_AT\tSTATUS\tREQUEST_ID\tGATEWAY_REQUEST_ID\tFLAGS\tERROR\n")
     for event in events:
-        error = (event["error"] or "").replace("\n", " ")
-        out.write("\t".join((
-            str(event["id"]), event["received_at"], event["status"], event["request_id"],
-            event["gateway_request_id"] or "-", error[:120] or "-",
-        )) + "\n")
+        cells = [str(event["id"]), event["received_at"], event["status"], event["request_id"],
+                 event["gateway_request_id"], event["flags"], (event["error"] or "")[:120]]
+        out.write("\t".join(_cell(cell) for cell in cells) + "\n")
+
+
+def _cell(value: str | None) -> str:
+    """One TSV cell: a sender's tabs or newlines cannot shift columns or lines."""
+    return " ".join((value or "").split()) or "-"
 
 
 def write_jsonl(store: EventStore, out: TextIO) -> None:
     for event in store.all():
         event["payload"] = None if event["payload"] is None else json.loads(event["payload"])
         event["raw_body"] = bytes(event["raw_body"]).decode("utf-8", errors="replace")
+        event["flags"] = event["flags"].split(",") if event["flags"] else []
         out.write(json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n")

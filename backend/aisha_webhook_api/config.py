@@ -50,6 +50,11 @@ class Settings:
     def database_path(self) -> Path:
         return self.data_dir / "events.sqlite3"
 
+    @property
+    def jwks_cache_path(self) -> Path:
+        """The last JWKS fetched from the URL, kept across restarts."""
+        return self.data_dir / "fal-jwks-cache.json"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ

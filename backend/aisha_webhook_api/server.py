@@ -1,7 +1,18 @@
 """HTTP front of the service: health check and the fal webhook endpoint.
 
 A webhook is answered 2xx only after `EventStore.add` has committed it; any failure to
-store answers 503 so that fal delivers it again. On SIGTERM the server stops
+store answers 503 so that fal delivers it again. Any JSON object is accepted: what does
+not look like fal's format (no request_id, a status other than OK/ERROR) is stored as
+sent and flagged, never refused, so a change in fal's payload loses nothing. Only a body
+that is not a JSON object (400) or too large (413) is refused for its content.
+
+Checks of the deploy, rollout and `diagnose` send the header `X-Aisha-Probe: 1`: such a
+delivery goes through the same checks (signature, JSON) and is answered 200 without
+being stored. fal never sends that header.
+
+Each request gets one log line (the journal under systemd): the client, the request,
+the answer and, for a delivery, its request_id, status and what happened to it
+(stored / duplicate / probe / refused) and why. On SIGTERM the server stops
 accepting, lets in-flight requests finish, then closes the database. With systemd
 socket activation the listening socket outlives the process, so connections made
 during a restart wait in its backlog instead of being refused.
@@ -12,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 import signal
 import socket
 import socketserver
@@ -33,6 +45,9 @@ ALLOWED_METHODS = {HEALTH_PATH: ("GET", "HEAD"), WEBHOOK_PATH: ("POST",)}
 HEALTHY = {"status": "healthy", "service": SERVICE_NAME}
 EVENT_STATUSES = ("OK", "ERROR")
 MAX_REQUEST_ID_LENGTH = 256
+# fal's deliveries nest a few levels; thousands of levels only serve to exhaust the stack.
+MAX_JSON_DEPTH = 64
+PROBE_HEADER = "X-Aisha-Probe"
 # After answering 413 we read (and drop) up to this much of the refused body, so that
 # closing the connection does not reset it before the client has read the answer.
 MAX_DISCARDED_BYTES = 8 * 1024 * 1024
@@ -40,41 +55,64 @@ SD_LISTEN_FDS_START = 3
 
 
 class BadRequest(ValueError):
-    """The delivery is not a fal webhook we can store (answer 400)."""
+    """The body is not a JSON object (answer 400)."""
 
 
 def parse_event(body: bytes, *, fal_user_id: str | None) -> Event:
+    """Any JSON object becomes an event; what is not as fal sends it is flagged."""
     try:
         document = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("body is not valid UTF-8 JSON") from None
+    except RecursionError:
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(document, dict):
         raise BadRequest("body must be a JSON object")
+    if _depth(document) > MAX_JSON_DEPTH:
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    flags = [] if fal_user_id else ["unsigned"]
     request_id = document.get("request_id")
-    if (
-        not isinstance(request_id, str)
-        or not 0 < len(request_id) <= MAX_REQUEST_ID_LENGTH
-        or not request_id.isprintable()
-        or request_id.strip() != request_id
-    ):
-        raise BadRequest("request_id must be a non-empty printable string")
+    if not _usable_request_id(request_id):
+        request_id = f"generated-{uuid.uuid4()}"
+        flags.append("request_id_generated")
     status = document.get("status")
     if status not in EVENT_STATUSES:
-        raise BadRequest('status must be "OK" or "ERROR"')
-    gateway_request_id = document.get("gateway_request_id")
-    if gateway_request_id is not None and not isinstance(gateway_request_id, str):
-        raise BadRequest("gateway_request_id must be a string or null")
+        flags.append("unknown_status")
     return Event(
         request_id=request_id,
-        gateway_request_id=gateway_request_id,
-        status=status,
+        gateway_request_id=_text_or_none(document.get("gateway_request_id")),
+        status=_text_or_none(status),
         payload=_json_or_none(document.get("payload")),
         error=_text_or_none(document.get("error")),
         payload_error=_text_or_none(document.get("payload_error")),
         fal_user_id=fal_user_id,
         raw_body=body,
         received_at=utc_now(),
+        flags=tuple(flags),
     )
+
+
+def _usable_request_id(value) -> bool:
+    """A request_id we can deduplicate on and print in a log line as it is."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_REQUEST_ID_LENGTH
+        and value.isprintable()
+        and not any(c.isspace() for c in value)
+    )
+
+
+def _depth(document) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, pending = 0, [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                children = value.values() if isinstance(value, dict) else value
+                pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _json_or_none(value) -> str | None:
@@ -83,6 +121,14 @@ def _json_or_none(value) -> str | None:
 
 def _text_or_none(value) -> str | None:
     return value if value is None or isinstance(value, str) else _json_or_none(value)
+
+
+def _loggable(value) -> str:
+    """A value from the request as one log token: as is if plain, else JSON-quoted, cut short."""
+    if isinstance(value, str) and value and value.isprintable() and " " not in value:
+        return value[:MAX_REQUEST_ID_LENGTH]
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class WebhookApp:
@@ -95,43 +141,59 @@ class WebhookApp:
 
     @classmethod
     def open(cls, settings: Settings) -> WebhookApp:
+        store = EventStore(settings.database_path)  # makes the data dir the JWKS cache lives in
         verifier = build_verifier(settings) if settings.verify_signatures else None
-        return cls(settings, EventStore(settings.database_path), verifier)
+        return cls(settings, store, verifier)
 
     def health(self) -> tuple[int, dict]:
         try:
-            self.store.check_writable()
+            self.store.check_ready()
         except StoreUnavailable as exc:
             log.error("health check failed: %s", exc)
             return 503, {"status": "unhealthy", "service": SERVICE_NAME, "reason": str(exc)}
         return 200, HEALTHY
 
     def receive(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict, str]:
-        """Verify, validate and store one delivery: (HTTP status, JSON reply, log note)."""
+        """Verify, parse and store one delivery: (HTTP status, JSON reply, log note)."""
         fal_user_id = None
         if self.verifier is not None:
-            from aisha_webhook_api.signature import InvalidSignature, KeysUnavailable
+            from aisha_webhook_api.signature import HEADER_REQUEST_ID, InvalidSignature, KeysUnavailable
 
+            claimed = f"request_id={_loggable(headers.get(HEADER_REQUEST_ID) or '-')}"
             try:
                 fal_user_id = self.verifier.verify(headers, body)
             except InvalidSignature as exc:
-                return 401, {"error": "invalid signature"}, f"rejected: {exc}"
+                return 401, {"error": "invalid signature"}, f"refused {claimed} why=invalid signature: {exc}"
             except KeysUnavailable as exc:
+                # Our trouble, not the sender's: fal retries a 503.
                 log.error("cannot verify signatures: %s", exc)
-                return 503, {"error": "signature keys unavailable"}, "keys unavailable"
+                note = f"refused {claimed} why=signature keys unavailable, fal will retry: {exc}"
+                return 503, {"error": "signature keys unavailable"}, note
         try:
             event = parse_event(body, fal_user_id=fal_user_id)
         except BadRequest as exc:
-            return 400, {"error": str(exc)}, f"rejected: {exc}"
+            return 400, {"error": str(exc)}, f"refused why={exc}"
+        described = f"request_id={event.request_id} status={_loggable(event.status)}" + (
+            f" flags={','.join(event.flags)}" if event.flags else ""
+        )
+        if headers.get(PROBE_HEADER):
+            try:
+                self.store.check_ready()
+            except StoreUnavailable as exc:
+                return 503, {"error": "event store unavailable"}, f"probe {described} why={exc}"
+            return 200, {"probe": True, "stored": False, "request_id": event.request_id}, (
+                f"probe {described} not stored ({PROBE_HEADER})"
+            )
         try:
             stored = self.store.add(event)
         except StoreUnavailable as exc:
             log.error("request_id=%s not stored: %s", event.request_id, exc)
-            note = f"NOT stored request_id={event.request_id}"
-            return 503, {"error": "event store unavailable"}, note
+            return 503, {"error": "event store unavailable"}, f"refused {described} why={exc}"
         outcome = "stored" if stored else "duplicate"
-        note = f"{outcome} request_id={event.request_id} status={event.status}"
-        return 200, {outcome: True, "request_id": event.request_id}, note
+        reply = {outcome: True, "request_id": event.request_id}
+        if event.flags:
+            reply["flags"] = list(event.flags)
+        return 200, reply, f"{outcome} {described}"
 
     def close(self) -> None:
         self.store.close()
@@ -142,7 +204,8 @@ def build_verifier(settings: Settings):
     from aisha_webhook_api.signature import JwksKeys, KeysUnavailable, SignatureVerifier
 
     keys = JwksKeys(
-        url=settings.jwks_url, file=settings.jwks_file, cache_seconds=settings.jwks_cache_seconds
+        url=settings.jwks_url, file=settings.jwks_file, cache_seconds=settings.jwks_cache_seconds,
+        cache_file=settings.jwks_cache_path,
     )
     try:
         keys.get()
@@ -190,27 +253,24 @@ class RequestHandler(BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = dispatch
 
     def handle_webhook(self) -> None:
-        content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            self.send_json(415, {"error": "Content-Type must be application/json"})
-            return
+        # The Content-Type is not checked: a JSON object is taken whatever it is labelled.
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.send_json(411, {"error": "chunked bodies are not supported; send Content-Length"})
+            self.refuse(411, "chunked bodies are not supported; send Content-Length")
             return
         declared = self.headers.get("Content-Length")
         if declared is None:
-            self.send_json(411, {"error": "Content-Length required"})
+            self.refuse(411, "Content-Length required")
             return
         try:
             length = int(declared)
         except ValueError:
             length = -1
         if length < 0:
-            self.send_json(400, {"error": "invalid Content-Length"})
+            self.refuse(400, "invalid Content-Length")
             return
         limit = self.server.app.settings.max_body_bytes
         if length > limit:
-            self._note = f"body of {length} bytes refused"
+            self._note = f"refused why=body of {length} bytes is larger than {limit}"
             self.send_json(413, {"error": f"body larger than {limit} bytes"})
             self._discard(length)
             return
@@ -219,6 +279,10 @@ class RequestHandler(BaseHTTPRequestHandler):
             raise ConnectionError(f"body ended after {len(body)} of {length} bytes")
         status, reply, self._note = self.server.app.receive(self.headers, body)
         self.send_json(status, reply)
+
+    def refuse(self, status: int, reason: str) -> None:
+        self._note = f"refused why={reason}"
+        self.send_json(status, {"error": reason})
 
     def send_json(self, status: int, document: dict, headers: Mapping[str, str] = {}) -> None:
         body = json.dumps(document, separators=(",", ":")).encode("utf-8")

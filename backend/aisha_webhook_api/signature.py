@@ -9,6 +9,12 @@ signature is hex in X-Fal-Webhook-Signature. It must verify against one of the k
 fal publishes as a JWKS (OKP / Ed25519, `x` base64url), and the timestamp must be
 within five minutes of now.
 
+A genuine delivery is never refused for our own trouble: keys fetched from fal are
+also kept on disk (the last good copy survives restarts and serves while fal's JWKS is
+unreachable); when the keys cannot be loaded, or a signature matches no cached key while
+fal's JWKS cannot be fetched (fal may have rotated its key), the caller answers 503 and
+fal retries. 401 is only for a signature proven wrong against keys fetched just now.
+
 `cryptography` is imported only here, and only when verification is enabled.
 """
 
@@ -20,6 +26,7 @@ import hashlib
 import http.client
 import json
 import logging
+import os
 import threading
 import time
 import urllib.request
@@ -34,6 +41,8 @@ JWKS_FETCH_TIMEOUT_SECONDS = 10
 # After a signature fails against the cached keys, refetch (fal may have rotated its
 # key) at most this often, so forged requests cannot hammer fal's JWKS endpoint.
 MIN_REFRESH_INTERVAL_SECONDS = 60
+# With no key at all every delivery gets 503: try again sooner, still bounded.
+RETRY_WITHOUT_KEYS_SECONDS = 5
 
 HEADER_REQUEST_ID = "X-Fal-Webhook-Request-Id"
 HEADER_USER_ID = "X-Fal-Webhook-User-Id"
@@ -81,21 +90,28 @@ class JwksKeys:
     """fal's public keys from a URL or a local file, cached for `cache_seconds`.
 
     When a refresh fails, the previous keys stay in use until a later refresh succeeds.
+    With `cache_file`, every document fetched from the URL is saved there, and read back
+    when the URL cannot be fetched and no keys are in memory (after a restart).
     """
 
     def __init__(
         self, *, url: str, file: Path | None, cache_seconds: int,
+        cache_file: Path | None = None,
         min_refresh_interval: float = MIN_REFRESH_INTERVAL_SECONDS,
+        retry_without_keys: float = RETRY_WITHOUT_KEYS_SECONDS,
     ) -> None:
         self.source = str(file) if file else url
         self._url = url
         self._file = file
+        self._cache_file = None if file else cache_file
         self._cache_seconds = cache_seconds
         self._min_refresh_interval = min_refresh_interval
+        self._retry_without_keys = retry_without_keys
         self._lock = threading.Lock()
         self._keys: list = []
         self._loaded_at: float | None = None
         self._attempted_at: float | None = None
+        self._last_failure: str | None = None  # why the last refresh failed, None if it worked
 
     def _read(self) -> bytes:
         if self._file:
@@ -110,15 +126,44 @@ class JwksKeys:
     def _refresh(self) -> None:
         self._attempted_at = time.monotonic()
         try:
-            keys = parse_jwks(self._read())
+            document = self._read()
+            keys = parse_jwks(document)
         except (OSError, http.client.HTTPException, KeysUnavailable) as exc:
+            self._last_failure = f"cannot load fal keys from {self.source}: {exc}"
             if not self._keys:
-                raise KeysUnavailable(f"cannot load fal keys from {self.source}: {exc}") from exc
-            log.warning("keeping %d cached fal keys: refresh from %s failed: %s",
-                        len(self._keys), self.source, exc)
+                self._keys = self._read_cache()
+            if not self._keys:
+                raise KeysUnavailable(self._last_failure) from exc
+            log.warning("keeping %d cached fal keys: %s", len(self._keys), self._last_failure)
             return
-        self._keys, self._loaded_at = keys, time.monotonic()
+        self._keys, self._loaded_at, self._last_failure = keys, time.monotonic(), None
         log.info("loaded %d fal signing keys from %s", len(keys), self.source)
+        self._write_cache(document)
+
+    def _read_cache(self) -> list:
+        if not self._cache_file or not self._cache_file.exists():
+            return []
+        try:
+            keys = parse_jwks(self._cache_file.read_bytes())
+        except (OSError, KeysUnavailable) as exc:
+            log.warning("unusable JWKS cache %s: %s", self._cache_file, exc)
+            return []
+        log.warning("using %d fal keys from the last good copy %s", len(keys), self._cache_file)
+        return keys
+
+    def _write_cache(self, document: bytes) -> None:
+        """Replace the cache atomically: a crash leaves the old copy or the new one."""
+        if not self._cache_file or self._cache_file.exists() and self._cache_file.read_bytes() == document:
+            return
+        partial = self._cache_file.with_name(self._cache_file.name + ".partial")
+        try:
+            with open(partial, "wb") as out:
+                out.write(document)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, self._cache_file)
+        except OSError as exc:
+            log.warning("cannot save fal keys to %s: %s", self._cache_file, exc)
 
     def get(self) -> list:
         with self._lock:
@@ -127,23 +172,28 @@ class JwksKeys:
             if expired and self._may_refresh(now):
                 self._refresh()
             if not self._keys:
-                raise KeysUnavailable(f"no fal keys loaded from {self.source} yet")
+                raise KeysUnavailable(self._last_failure or f"no fal keys loaded from {self.source} yet")
             return list(self._keys)
 
     def refresh_after_mismatch(self) -> bool:
         """Refetch after a signature matched no cached key (fal may have rotated it).
 
-        True if fresh keys were loaded and are worth trying.
+        True if fresh keys were loaded and are worth trying. Raises KeysUnavailable when
+        the keys cannot be fetched now: the signature may be by a key we cannot see yet.
         """
         with self._lock:
-            if not self._may_refresh(time.monotonic()):
-                return False
-            before = self._keys
-            self._refresh()
-            return self._keys is not before
+            if self._may_refresh(time.monotonic()):
+                before = self._keys
+                self._refresh()
+                if self._last_failure is None:
+                    return self._keys is not before
+            if self._last_failure:
+                raise KeysUnavailable(f"signature matches no cached key and {self._last_failure}")
+            return False
 
     def _may_refresh(self, now: float) -> bool:
-        return self._attempted_at is None or now - self._attempted_at >= self._min_refresh_interval
+        interval = self._min_refresh_interval if self._keys else self._retry_without_keys
+        return self._attempted_at is None or now - self._attempted_at >= interval
 
 
 class SignatureVerifier:

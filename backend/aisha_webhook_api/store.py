@@ -4,6 +4,9 @@
 server can acknowledge an event the moment `add` returns. A delivery whose request_id
 is already stored is reported as a duplicate and not written again (fal retries a
 webhook up to 10 times over 2 hours).
+
+Nothing a sender can put in a JSON object makes `add` refuse it: what the app could not
+take at face value is stored as sent and named in the event's `flags` (see FLAGS).
 """
 
 from __future__ import annotations
@@ -16,32 +19,54 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id                 INTEGER PRIMARY KEY,
     request_id         TEXT    NOT NULL UNIQUE,
     gateway_request_id TEXT,
-    status             TEXT    NOT NULL CHECK (status IN ('OK', 'ERROR')),
+    status             TEXT,             -- as sent: fal sends "OK" or "ERROR"; NULL if absent
     payload            TEXT,             -- JSON text of the "payload" field, NULL if null/absent
     error              TEXT,
     payload_error      TEXT,
     fal_user_id        TEXT,             -- from a verified signature, else NULL
+    flags              TEXT    NOT NULL DEFAULT '', -- comma-separated FLAGS, '' for none
     received_at        TEXT    NOT NULL, -- ISO 8601, UTC
     raw_body           BLOB    NOT NULL  -- the delivery exactly as received
 );
 CREATE INDEX IF NOT EXISTS events_status ON events (status, id);
--- one row, rewritten by every health check to prove a commit still reaches the disk
-CREATE TABLE IF NOT EXISTS health_probe (
-    id         INTEGER PRIMARY KEY CHECK (id = 1),
-    checked_at TEXT NOT NULL
-);
+"""
+
+# Why an event is not a plain, verified fal delivery. Consumers that want only those
+# select `flags = ''`.
+FLAGS = {
+    "unsigned": "no verified fal signature (signature verification is off)",
+    "request_id_generated": "request_id missing or unusable: the stored one was generated",
+    "unknown_status": 'status is not "OK" or "ERROR" (stored as sent)',
+    "probe": "a synthetic check event stored by an earlier version (before X-Aisha-Probe)",
+}
+
+# Version 1 allowed only OK/ERROR, had no flags and kept a health_probe row that every
+# health check rewrote. SQLite cannot drop a CHECK constraint: the table is rebuilt.
+MIGRATE_FROM_V1 = """
+ALTER TABLE events RENAME TO events_v1;
+DROP INDEX IF EXISTS events_status;
+""" + SCHEMA + """
+INSERT INTO events (id, request_id, gateway_request_id, status, payload, error, payload_error,
+                    fal_user_id, flags, received_at, raw_body)
+SELECT id, request_id, gateway_request_id, status, payload, error, payload_error, fal_user_id,
+       CASE WHEN request_id LIKE 'diagnose-%' THEN 'unsigned,probe'
+            WHEN fal_user_id IS NULL THEN 'unsigned' ELSE '' END,
+       received_at, raw_body
+FROM events_v1;
+DROP TABLE events_v1;
+DROP TABLE IF EXISTS health_probe;
 """
 
 COLUMNS = (
     "id", "request_id", "gateway_request_id", "status", "payload", "error",
-    "payload_error", "fal_user_id", "received_at", "raw_body",
+    "payload_error", "fal_user_id", "flags", "received_at", "raw_body",
 )
 
 
@@ -53,13 +78,14 @@ class StoreUnavailable(RuntimeError):
 class Event:
     request_id: str
     gateway_request_id: str | None
-    status: str
+    status: str | None
     payload: str | None
     error: str | None
     payload_error: str | None
     fal_user_id: str | None
     raw_body: bytes
     received_at: str
+    flags: tuple[str, ...] = ()
 
 
 def utc_now() -> str:
@@ -92,6 +118,7 @@ class EventStore:
         # Notice the database being deleted or replaced under us: writes would then
         # go to an unlinked file and be lost at the next restart.
         self._identity = _file_identity(self.path)
+        self._last_write_error: str | None = None
 
     def _migrate(self) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
@@ -100,8 +127,9 @@ class EventStore:
                 f"{self.path}: schema version {version} is newer than this code ({SCHEMA_VERSION})"
             )
         if version < SCHEMA_VERSION:
+            script = MIGRATE_FROM_V1 if version == 1 else SCHEMA
             self._conn.executescript(
-                f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+                f"BEGIN; {script} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
             )
 
     def _check_file(self) -> None:
@@ -115,31 +143,38 @@ class EventStore:
             try:
                 cursor = self._conn.execute(
                     "INSERT INTO events (request_id, gateway_request_id, status, payload, error,"
-                    " payload_error, fal_user_id, received_at, raw_body)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " payload_error, fal_user_id, flags, received_at, raw_body)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (request_id) DO NOTHING",
                     (
                         event.request_id, event.gateway_request_id, event.status, event.payload,
-                        event.error, event.payload_error, event.fal_user_id, event.received_at,
-                        sqlite3.Binary(event.raw_body),
+                        event.error, event.payload_error, event.fal_user_id,
+                        ",".join(event.flags), event.received_at, sqlite3.Binary(event.raw_body),
                     ),
                 )
             except sqlite3.Error as exc:
-                raise StoreUnavailable(f"cannot store event: {exc}") from exc
+                self._last_write_error = f"cannot store event: {exc}"
+                raise StoreUnavailable(self._last_write_error) from exc
+            self._last_write_error = None
             return cursor.rowcount == 1
 
-    def check_writable(self) -> None:
-        """Raise StoreUnavailable unless a commit reaches the database file right now."""
+    def check_ready(self) -> None:
+        """Raise StoreUnavailable unless the next `add` can be expected to commit.
+
+        Writes nothing (a health check polled every few seconds must not cost an fsync'd
+        commit): the file is still ours, readable, writable, and the last write worked.
+        """
         with self._lock:
             self._check_file()
+            if self._last_write_error:
+                raise StoreUnavailable(f"the last write failed: {self._last_write_error}")
+            for path in (self.path, self.path.parent):
+                if not os.access(path, os.W_OK):
+                    raise StoreUnavailable(f"{path} is not writable")
             try:
-                self._conn.execute(
-                    "INSERT INTO health_probe (id, checked_at) VALUES (1, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
-                    (utc_now(),),
-                )
+                self._conn.execute("SELECT 1 FROM events LIMIT 1").fetchall()
             except sqlite3.Error as exc:
-                raise StoreUnavailable(f"database not writable: {exc}") from exc
+                raise StoreUnavailable(f"database not readable: {exc}") from exc
 
     def recent(self, limit: int, status: str | None = None) -> list[dict]:
         """Newest first."""

@@ -30,6 +30,7 @@ sys.path.insert(0, str(BACKEND_DIR))
 from aisha_webhook_api.config import Settings  # noqa: E402
 from aisha_webhook_api.server import WebhookApp, WebhookServer, bound_listener  # noqa: E402
 from aisha_webhook_api.signature import JwksKeys, SignatureVerifier  # noqa: E402
+from aisha_webhook_api.store import EventStore  # noqa: E402
 
 WEBHOOK = "/api/v1/avatar/status_update"
 JSON = {"Content-Type": "application/json"}
@@ -66,11 +67,15 @@ def start_server(tmp_path):
     """start_server(**env) -> Running; every server is stopped at the end of the test."""
     started = []
 
-    def start(**env: str) -> Running:
+    def start(verifier=None, **env: str) -> Running:
+        """`verifier`: a SignatureVerifier built by the test instead of from the settings."""
         settings = Settings.from_env({
             "AISHA_DATA_DIR": str(tmp_path / "data"), "AISHA_API_PORT": "0", **env,
         })
-        app = WebhookApp.open(settings)
+        if verifier is None:
+            app = WebhookApp.open(settings)
+        else:
+            app = WebhookApp(settings, EventStore(settings.database_path), verifier)
         server = WebhookServer(bound_listener(settings), app)
         thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         thread.start()
@@ -92,6 +97,11 @@ def event(request_id: str = "req-1", status: str = "OK", **fields) -> dict:
     }
     document.update(fields)
     return document
+
+
+def stored(request_id: str, flags=("unsigned",)) -> dict:
+    """The reply to a newly stored delivery."""
+    return {"stored": True, "request_id": request_id, **({"flags": list(flags)} if flags else {})}
 
 
 def run_cli(data_dir: Path, *args: str) -> str:
@@ -131,9 +141,9 @@ def test_health_fails_when_database_is_gone(start_server):
 
 def test_webhook_is_stored_and_listed_by_cli(start_server):
     server = start_server()
-    assert server.post(event("req-ok")) == (200, {"stored": True, "request_id": "req-ok"})
+    assert server.post(event("req-ok")) == (200, stored("req-ok"))
     error = event("req-err", "ERROR", error="Invalid status code: 422", payload=None)
-    assert server.post(error) == (200, {"stored": True, "request_id": "req-err"})
+    assert server.post(error) == (200, stored("req-err"))
 
     [ok, err] = server.rows()
     assert ok["request_id"] == "req-ok" and ok["status"] == "OK"
@@ -144,7 +154,7 @@ def test_webhook_is_stored_and_listed_by_cli(start_server):
 
     data_dir = server.settings.data_dir
     listing = run_cli(data_dir, "events", "list").splitlines()
-    assert listing[0].startswith("ID\tRECEIVED_AT\tSTATUS\tREQUEST_ID")
+    assert listing[0] == "ID\tRECEIVED_AT\tSTATUS\tREQUEST_ID\tGATEWAY_REQUEST_ID\tFLAGS\tERROR"
     assert [line.split("\t")[3] for line in listing[1:]] == ["req-err", "req-ok"]
     only_errors = run_cli(data_dir, "events", "list", "--status", "ERROR", "--limit", "5")
     assert [line.split("\t")[3] for line in only_errors.splitlines()[1:]] == ["req-err"]
@@ -157,30 +167,90 @@ def test_webhook_is_stored_and_listed_by_cli(start_server):
 
 def test_retried_delivery_is_acknowledged_but_stored_once(start_server):
     server = start_server()
-    assert server.post(event("req-1")) == (200, {"stored": True, "request_id": "req-1"})
-    assert server.post(event("req-1")) == (200, {"duplicate": True, "request_id": "req-1"})
+    assert server.post(event("req-1")) == (200, stored("req-1"))
+    assert server.post(event("req-1")) == (200, {"duplicate": True, "request_id": "req-1", "flags": ["unsigned"]})
     assert len(server.rows()) == 1
 
 
 @pytest.mark.parametrize("body", [
-    b"{not json", b"[1, 2]", b"\xff\xfe", b'{"status": "OK"}',
-    b'{"request_id": "", "status": "OK"}', b'{"request_id": 42, "status": "OK"}',
-    b'{"request_id": "r", "status": "DONE"}', b'{"request_id": "r"}',
-    b'{"request_id": "r\\n", "status": "OK"}',
+    b"{not json", b"[1, 2]", b"\xff\xfe", b'"request_id"', b"null", b"",
+    b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # nesting bomb: RecursionError in json
+    b'{"payload": ' + b"[" * 65 + b"]" * 65 + b"}",  # parses, but deeper than we keep
 ])
-def test_malformed_delivery_is_400(start_server, body):
+def test_what_is_not_a_json_object_is_400(start_server, body):
     server = start_server()
     status, reply = server.post(body)
     assert status == 400 and "error" in reply
     assert server.rows() == []
 
 
+def test_nesting_bomb_is_refused_without_a_traceback(start_server, caplog):
+    server = start_server()
+    status, reply = server.post(b"[" * 200_000 + b"]" * 200_000)
+    assert (status, reply) == (400, {"error": "JSON nested deeper than 64 levels"})
+    assert "Traceback" not in caplog.text and "failed" not in caplog.text
+    fal_depth = event(payload={"a": [[{"b": [1]}]]})
+    assert server.post(fal_depth)[0] == 200
+
+
+# Issue 14: any JSON object is stored; what fal would not send is flagged, never refused.
+@pytest.mark.parametrize("body, flags", [
+    # the runbook's two checks
+    ({"test": True}, ["unsigned", "request_id_generated", "unknown_status"]),
+    ({"request_id": "test-123", "status": "completed", "result": {"test": True}},
+     ["unsigned", "unknown_status"]),
+    ({"status": "OK"}, ["unsigned", "request_id_generated"]),
+    ({"request_id": "", "status": "OK"}, ["unsigned", "request_id_generated"]),
+    ({"request_id": 42, "status": "ERROR"}, ["unsigned", "request_id_generated"]),
+    ({"request_id": "r\n", "status": "OK"}, ["unsigned", "request_id_generated"]),
+    ({"request_id": "x" * 257, "status": "OK"}, ["unsigned", "request_id_generated"]),
+    ({"request_id": "r", "status": "DONE"}, ["unsigned", "unknown_status"]),
+    ({"request_id": "r", "status": ["OK"]}, ["unsigned", "unknown_status"]),
+    ({"request_id": "r"}, ["unsigned", "unknown_status"]),
+    ({"request_id": "r", "status": "OK", "gateway_request_id": 7}, ["unsigned"]),
+])
+def test_any_json_object_is_stored_and_flagged(start_server, body, flags):
+    server = start_server()
+    raw = json.dumps(body).encode()
+    status, reply = server.post(raw)
+    assert status == 200 and reply["stored"] is True and reply["flags"] == flags
+    [row] = server.rows()
+    assert row["raw_body"] == raw and row["flags"] == ",".join(flags)
+    assert row["request_id"] == reply["request_id"]
+    if "request_id_generated" in flags:
+        assert row["request_id"].startswith("generated-")
+    else:
+        assert row["request_id"] == body["request_id"]
+    sent_status = body.get("status")
+    assert row["status"] == (sent_status if sent_status is None or isinstance(sent_status, str)
+                             else json.dumps(sent_status))
+
+
+def test_runbook_checks_are_listed_and_exported_flagged(start_server):
+    server = start_server()
+    assert server.post({"test": True})[0] == 200
+    runbook = {"request_id": "test-123", "status": "completed", "result": {"test": True}}
+    assert server.post(runbook)[0] == 200
+    assert server.post(event("fal-1"))[0] == 200
+
+    exported = [json.loads(line) for line in run_cli(server.settings.data_dir, "events", "export").splitlines()]
+    assert [e["flags"] for e in exported] == [
+        ["unsigned", "request_id_generated", "unknown_status"], ["unsigned", "unknown_status"], ["unsigned"],
+    ]
+    assert exported[1]["request_id"] == "test-123" and exported[1]["status"] == "completed"
+    assert json.loads(exported[0]["raw_body"]) == {"test": True}
+
+    listing = run_cli(server.settings.data_dir, "events", "list", "--status", "completed")
+    [row] = [line.split("\t") for line in listing.splitlines()[1:]]
+    assert row[2:6] == ["completed", "test-123", "-", "unsigned,unknown_status"]
+
+
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
-def test_non_json_content_type_is_415(start_server, content_type):
+def test_a_json_object_is_stored_whatever_its_content_type(start_server, content_type):
     server = start_server()
     headers = {"Content-Type": content_type} if content_type else {}
-    assert server.post(event(), headers)[0] == 415
-    assert server.rows() == []
+    assert server.post(event(), headers)[0] == 200
+    assert [row["request_id"] for row in server.rows()] == ["req-1"]
 
 
 def test_json_content_type_with_charset_is_accepted(start_server):
@@ -212,6 +282,7 @@ def test_oversized_body_is_413(start_server):
     small = start_server(AISHA_MAX_BODY_BYTES="100")
     assert small.post(event(note="x" * 100))[0] == 413
     assert small.post({"request_id": "r", "status": "OK"})[0] == 200
+    assert small.post({"request_id": "r2", "status": "OK", "note": "x" * 60})[0] == 413
 
 
 # --- durability --------------------------------------------------------------------
@@ -347,13 +418,14 @@ class JwksEndpoint:
     def __init__(self, document: dict) -> None:
         self.document = document
         self.fetches = 0
+        self.available = True  # False: answer 503, as a JWKS endpoint that is down
         endpoint = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 endpoint.fetches += 1
                 body = json.dumps(endpoint.document).encode()
-                self.send_response(200)
+                self.send_response(200 if endpoint.available else 503)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -462,3 +534,179 @@ def test_cli_run_by_root_reads_as_the_database_owner(tmp_path):
         assert whoami.stdout.split() == [str(nobody), str(nobody)]
     finally:
         shutil.rmtree(data_dir)
+
+
+# --- health, probes and the log line per delivery (issues 13 and 14) ------------------
+
+def test_health_writes_nothing(start_server):
+    server = start_server()
+    assert server.post(event("req-1"))[0] == 200
+    files = [Path(f"{server.settings.database_path}{suffix}") for suffix in ("", "-wal")]
+    before = [(f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    changes_before = server.app.store._conn.total_changes
+    for _ in range(20):
+        assert server.request("GET", "/health")[0] == 200
+    assert server.app.store._conn.total_changes == changes_before
+    assert [(f.stat().st_size, f.stat().st_mtime_ns) for f in files] == before
+
+
+def test_health_reports_a_failed_write_until_one_succeeds(start_server):
+    server = start_server()
+    server.app.store._conn.execute("PRAGMA query_only = ON")  # every write now fails
+    assert server.post(event("req-1"))[0] == 503
+    status, _, body = server.request("GET", "/health")
+    assert status == 503 and "the last write failed" in json.loads(body)["reason"]
+    server.app.store._conn.execute("PRAGMA query_only = OFF")
+    assert server.post(event("req-1"))[0] == 200  # fal's retry
+    assert server.request("GET", "/health")[0] == 200
+
+
+def test_probe_is_checked_and_answered_but_not_stored(start_server, caplog):
+    server = start_server()
+    caplog.set_level("INFO", logger="aisha_webhook_api")
+    probe = {**JSON, "X-Aisha-Probe": "1"}
+    status, reply = server.post(event("aisha-probe-1"), probe)
+    assert (status, reply) == (200, {"probe": True, "stored": False, "request_id": "aisha-probe-1"})
+    assert server.post(b"[1]", probe)[0] == 400  # the same checks as a delivery
+    assert server.rows() == []
+    assert "probe request_id=aisha-probe-1 status=OK flags=unsigned not stored" in caplog.text
+
+
+def test_one_log_line_per_delivery_says_what_happened(start_server, caplog):
+    server = start_server()
+    caplog.set_level("INFO", logger="aisha_webhook_api")
+    server.post(event("req-1"))
+    server.post(event("req-1"))
+    server.post({"request_id": "req-2", "status": "done\nfake line"})
+    server.post(b"[]")
+    server.post(event(note="x" * 2_000_000))
+    lines = [r.getMessage() for r in caplog.records if "/api/v1/avatar/status_update" in r.getMessage()]
+    assert len(lines) == 5 and all("\n" not in line for line in lines)
+    assert all('"POST /api/v1/avatar/status_update HTTP/1.1"' in line for line in lines)
+    assert " 200 " in lines[0] and " 200 " in lines[1] and " 200 " in lines[2]
+    assert "stored request_id=req-1 status=OK flags=unsigned" in lines[0]
+    assert "duplicate request_id=req-1 status=OK flags=unsigned" in lines[1]
+    assert 'stored request_id=req-2 status="done\\nfake line" flags=unsigned,unknown_status' in lines[2]
+    assert " 400 " in lines[3] and "refused why=body must be a JSON object" in lines[3]
+    assert " 413 " in lines[4] and "refused why=body of" in lines[4]
+
+
+def test_version_1_database_is_migrated_keeping_every_event(tmp_path):
+    from aisha_webhook_api.store import EventStore
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with sqlite3.connect(data / "events.sqlite3") as db:
+        db.executescript("""
+            CREATE TABLE events (id INTEGER PRIMARY KEY, request_id TEXT NOT NULL UNIQUE,
+                gateway_request_id TEXT, status TEXT NOT NULL CHECK (status IN ('OK', 'ERROR')),
+                payload TEXT, error TEXT, payload_error TEXT, fal_user_id TEXT,
+                received_at TEXT NOT NULL, raw_body BLOB NOT NULL);
+            CREATE INDEX events_status ON events (status, id);
+            CREATE TABLE health_probe (id INTEGER PRIMARY KEY CHECK (id = 1), checked_at TEXT NOT NULL);
+            INSERT INTO events VALUES (1, 'fal-1', NULL, 'OK', NULL, NULL, NULL, 'user', 't', x'7b7d');
+            INSERT INTO events VALUES (2, 'fal-2', NULL, 'ERROR', NULL, 'e', NULL, NULL, 't', x'7b7d');
+            INSERT INTO events VALUES (3, 'diagnose-x', NULL, 'OK', NULL, NULL, NULL, NULL, 't', x'7b7d');
+            PRAGMA user_version = 1;
+        """)
+    store = EventStore(data / "events.sqlite3")
+    assert [(e["request_id"], e["flags"]) for e in store.all()] == [
+        ("fal-1", ""), ("fal-2", "unsigned"), ("diagnose-x", "unsigned,probe"),
+    ]
+    tables = {row[0] for row in store._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"events"}
+    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    store.close()
+
+
+# --- a genuine delivery is never refused for our own trouble (issue 14) ----------------
+
+def signed(private_key, request_id: str) -> tuple[bytes, dict]:
+    body = json.dumps(event(request_id)).encode()
+    return body, fal_headers(private_key, body, request_id=request_id)
+
+
+def url_verifier(url: str, cache_file: Path) -> SignatureVerifier:
+    """As the app builds it, without the waits between refetches."""
+    keys = JwksKeys(url=url, file=None, cache_seconds=86400, cache_file=cache_file,
+                    min_refresh_interval=0, retry_without_keys=0)
+    return SignatureVerifier(keys)
+
+
+def test_fetched_keys_survive_a_restart_while_fal_is_unreachable(start_server, jwks_endpoint, fal_key):
+    endpoint = jwks_endpoint({"keys": [jwk(fal_key)]})
+    env = {"AISHA_FAL_VERIFY_SIGNATURES": "1", "AISHA_FAL_JWKS_URL": endpoint.url}
+    first = start_server(**env)
+    assert first.post(*signed(fal_key, "req-1"))[0] == 200
+    assert json.loads(first.settings.jwks_cache_path.read_text()) == endpoint.document
+
+    endpoint.available = False
+    restarted = start_server(**env)  # a new process: nothing in memory
+    assert restarted.post(*signed(fal_key, "req-2"))[0] == 200
+    assert [row["request_id"] for row in restarted.rows()] == ["req-1", "req-2"]
+    assert endpoint.fetches == 2
+
+
+def test_no_key_at_all_is_503_and_fal_retry_is_stored_once_keys_load(
+    start_server, jwks_endpoint, fal_key, tmp_path, caplog
+):
+    endpoint = jwks_endpoint({"keys": [jwk(fal_key)]})
+    endpoint.available = False
+    server = start_server(url_verifier(endpoint.url, tmp_path / "cache.json"))
+    body, headers = signed(fal_key, "req-1")
+    assert server.post(body, headers) == (503, {"error": "signature keys unavailable"})
+    assert server.rows() == []
+    assert "cannot verify signatures: cannot load fal keys from http://127.0.0.1:" in caplog.text
+
+    endpoint.available = True
+    assert server.post(body, headers)[0] == 200  # fal's retry
+    assert [row["fal_user_id"] for row in server.rows()] == ["fal-user"]
+
+
+def test_unknown_key_while_fal_is_unreachable_is_503_not_401(start_server, jwks_endpoint, fal_key, tmp_path):
+    endpoint = jwks_endpoint({"keys": [jwk(fal_key)]})
+    server = start_server(url_verifier(endpoint.url, tmp_path / "cache.json"))
+    assert server.post(*signed(fal_key, "req-1"))[0] == 200
+
+    rotated = Ed25519PrivateKey.generate()  # fal rotated its key while its JWKS is down
+    endpoint.document = {"keys": [jwk(rotated)]}
+    endpoint.available = False
+    body, headers = signed(rotated, "req-2")
+    assert server.post(body, headers)[0] == 503
+    endpoint.available = True
+    assert server.post(body, headers)[0] == 200
+    # with the keys fetched just now, a signature by no key of fal's is proven wrong
+    assert server.post(*signed(Ed25519PrivateKey.generate(), "req-3"))[0] == 401
+    assert [row["request_id"] for row in server.rows()] == ["req-1", "req-2"]
+
+
+def test_refetch_is_rate_limited_but_never_turns_our_outage_into_401(jwks_endpoint, fal_key, tmp_path):
+    from aisha_webhook_api.signature import InvalidSignature, KeysUnavailable
+
+    endpoint = jwks_endpoint({"keys": [jwk(fal_key)]})
+    keys = JwksKeys(url=endpoint.url, file=None, cache_seconds=86400, cache_file=tmp_path / "c.json")
+    verifier = SignatureVerifier(keys)
+    body = b'{"request_id":"r","status":"OK"}'
+    forged = fal_headers(Ed25519PrivateKey.generate(), body)
+    for _ in range(3):  # keys fetched less than a minute ago: proven wrong, no refetch
+        with pytest.raises(InvalidSignature):
+            verifier.verify(forged, body)
+    assert endpoint.fetches == 1
+
+    endpoint.available = False
+    outage = JwksKeys(url=endpoint.url, file=None, cache_seconds=86400, cache_file=tmp_path / "c.json")
+    with pytest.raises(KeysUnavailable):
+        SignatureVerifier(outage).verify(forged, body)
+    assert SignatureVerifier(outage).verify(fal_headers(fal_key, body), body) == "fal-user"
+
+
+def test_unusable_cache_file_is_ignored(jwks_endpoint, fal_key, tmp_path):
+    from aisha_webhook_api.signature import KeysUnavailable
+
+    endpoint = jwks_endpoint({"keys": [jwk(fal_key)]})
+    endpoint.available = False
+    cache = tmp_path / "cache.json"
+    cache.write_text('{"keys": [')
+    keys = JwksKeys(url=endpoint.url, file=None, cache_seconds=86400, cache_file=cache)
+    with pytest.raises(KeysUnavailable, match="cannot load fal keys"):
+        keys.get()

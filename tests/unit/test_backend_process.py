@@ -96,7 +96,8 @@ def test_socket_activation_serves_and_restarts_without_refusing(tmp_path):
     first = Service(tmp_path, listener)
     try:
         assert first.port == port and "socket-activated" in first.log()
-        assert post(port, "before-restart")[1] == {"stored": True, "request_id": "before-restart"}
+        assert post(port, "before-restart")[1] == {
+            "stored": True, "request_id": "before-restart", "flags": ["unsigned"]}
     finally:
         assert first.stop() == 0
 
@@ -169,7 +170,7 @@ def test_request_in_flight_at_sigterm_is_finished(tmp_path):
         while chunk := conn.recv(65536):
             response += chunk
     assert response.startswith(b"HTTP/1.0 200 ")
-    assert response.endswith(b'{"stored":true,"request_id":"in-flight"}')
+    assert response.endswith(b'{"stored":true,"request_id":"in-flight","flags":["unsigned"]}')
     assert service.proc.wait(timeout=10) == 0
     assert service.stored_ids() == ["in-flight"]
 
