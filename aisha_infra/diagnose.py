@@ -5,8 +5,9 @@ fal travels: DNS, TCP ports, the TLS chain as sent (order, completeness, trust,
 name, validity, key), `GET /health` and a test webhook POST, then over SSH (when
 given a key) the host side: ufw, `nginx -t`, the certificate files nginx uses,
 the services and their recent errors. Each finding has a severity (ok/warn/error)
-and, for problems, the fix. It changes nothing, except that the test webhook is
-stored by the app like any delivery (request_id "diagnose-<uuid>").
+and, for problems, the fix. It changes nothing: the test webhook is a probe
+(header X-Aisha-Probe, request_id "aisha-probe-<uuid>") that the bundled app answers
+without storing.
 Exit status: 0 when there is no error (warnings allowed), 1 otherwise.
 """
 

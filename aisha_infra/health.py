@@ -6,6 +6,11 @@ then replaces the system store, e.g. the host's own self-signed certificate) or 
 system trust store. When verification fails, the served chain is fetched and
 analysed so the message names the cause and the fix, not just OpenSSL's words.
 Used by the deploy's end-of-run verification, the rollout gates and `diagnose`.
+
+The test webhook is a probe, not a delivery: it carries the header `X-Aisha-Probe: 1`
+and a request_id starting with `aisha-probe-`. The bundled app checks it like any
+delivery and answers 200 without storing it; your own backend can tell it apart by
+either mark.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from aisha_infra.tlscheck import (
 HEALTH_PATH = "/health"
 WEBHOOK_PATH = "/api/v1/avatar/status_update"
 HEALTHY = {"status": "healthy", "service": "Aisha Bot FAL Webhook API"}
+PROBE_HEADER = "X-Aisha-Probe"
+PROBE_REQUEST_ID_PREFIX = "aisha-probe-"
 # Reading more than this of an answer means something else answers.
 MAX_BODY_BYTES = 64 * 1024
 
@@ -49,10 +56,10 @@ def check_webhook_post(address, domain, port=8443, ca_bundle=None, timeout=10) -
 
 
 def sample_fal_event() -> dict:
-    """A delivery shaped like fal's, with ids that say where it came from."""
+    """A delivery shaped like fal's, with ids that say it is a probe."""
     return {
-        "request_id": f"diagnose-{uuid.uuid4()}",
-        "gateway_request_id": f"diagnose-{uuid.uuid4()}",
+        "request_id": f"{PROBE_REQUEST_ID_PREFIX}{uuid.uuid4()}",
+        "gateway_request_id": f"{PROBE_REQUEST_ID_PREFIX}{uuid.uuid4()}",
         "status": "OK",
         "payload": {},
         "error": None,
@@ -84,7 +91,7 @@ def webhook_finding(address, domain, port=8443, ca_bundle=None, timeout=10, *, v
     event = sample_fal_event()
     answer = _exchange(
         "http.webhook", "POST", WEBHOOK_PATH, address, domain, port, ca_bundle, timeout, verify, trust_system,
-        body=json.dumps(event).encode(),
+        body=json.dumps(event).encode(), headers={PROBE_HEADER: "1"},
     )
     if isinstance(answer, Finding):
         return answer
@@ -110,7 +117,8 @@ def webhook_finding(address, domain, port=8443, ca_bundle=None, timeout=10, *, v
     )
 
 
-def _exchange(check, method, path, address, domain, port, ca_bundle, timeout, verify, trust_system, body=None):
+def _exchange(check, method, path, address, domain, port, ca_bundle, timeout, verify, trust_system, body=None,
+              headers=None):
     """(status, body) of one HTTPS request to `address` with SNI/Host `domain`, or
     the Finding that says why there is none."""
     if trust_system is None:
@@ -130,7 +138,7 @@ def _exchange(check, method, path, address, domain, port, ca_bundle, timeout, ve
         retries=False,
         maxsize=1,
     )
-    headers = {"Host": domain if port == 443 else f"{domain}:{port}", "User-Agent": "aisha-infra"}
+    headers = {"Host": domain if port == 443 else f"{domain}:{port}", "User-Agent": "aisha-infra", **(headers or {})}
     if body is not None:
         headers["Content-Type"] = "application/json"
     try:

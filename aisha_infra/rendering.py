@@ -31,6 +31,7 @@ BACKUP_SERVICE_PATH = "/etc/systemd/system/aisha-backup.service"
 BACKUP_TIMER_PATH = "/etc/systemd/system/aisha-backup.timer"
 BACKUP_STAGING_DIRECTORY = "aisha-backup"  # below /run, the backup service's RuntimeDirectory
 ACME_WEBROOT = "/var/www/aisha-acme"
+NGINX_ERROR_LOG = "/var/log/nginx/error.log"
 REMOTE_JWKS_NAME = "fal-jwks.json"
 
 
@@ -63,6 +64,7 @@ def site_context(s: Settings, http2_directive: bool = False) -> dict:
         "http_port": s.nginx_http_port,
         "app_port": s.app_port,
         "log_dir": s.aisha_log_dir,
+        "nginx_error_log": NGINX_ERROR_LOG,
         "max_body_bytes": s.app_max_body_bytes,
         "rate_limit_per_second": s.nginx_rate_limit_per_second,
         "rate_limit_burst": s.nginx_rate_limit_burst,

@@ -39,7 +39,8 @@ def test_webhook_post_has_fals_shape_and_host_header(pki, good_server):
     [posted] = good_server.posted
     body = posted["body"]
     assert set(body) == {"request_id", "gateway_request_id", "status", "payload", "error"}
-    assert body["request_id"].startswith("diagnose-")
+    assert body["request_id"].startswith("aisha-probe-")
+    assert posted["headers"]["X-Aisha-Probe"] == "1"  # the app answers it without storing it
     assert (body["status"], body["payload"], body["error"]) == ("OK", {}, None)
     assert posted["headers"]["Host"] == f"{DOMAIN}:{good_server.port}"
     assert body["request_id"] in detail

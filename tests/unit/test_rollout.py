@@ -331,7 +331,7 @@ def test_gate_checks_real_https_on_loopback(tmp_path, pki):
         outcomes = {"web-1": HostOutcome("web-1")}
         rollout.run_gate([target], outcomes, 2, 0, 0, lambda line: None)
         assert outcomes["web-1"].webhook_ok and outcomes["web-1"].health_passes == 2
-        assert server.posted[0]["body"]["request_id"].startswith("diagnose-")
+        assert server.posted[0]["body"]["request_id"].startswith("aisha-probe-")
 
         server.set_health(200, {"status": "starting"})  # not the exact JSON
         outcomes = {"web-1": HostOutcome("web-1")}

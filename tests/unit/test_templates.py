@@ -46,7 +46,9 @@ def nginx_test(tmp_path: Path, site: str, snippet: str) -> subprocess.CompletedP
     """`nginx -t` on the rendered site inside a throwaway prefix (Debian's mime.types)."""
     snippet_path = tmp_path / "certificate.conf"
     snippet_path.write_text(snippet)
-    (tmp_path / "site.conf").write_text(site.replace(rendering.NGINX_CERT_SNIPPET_PATH, str(snippet_path)))
+    site = site.replace(rendering.NGINX_CERT_SNIPPET_PATH, str(snippet_path))
+    # nginx -t opens every log file: keep it out of /var/log (the unit tests need no root)
+    (tmp_path / "site.conf").write_text(site.replace(rendering.NGINX_ERROR_LOG, str(tmp_path / "nginx-error.log")))
     (tmp_path / "nginx.conf").write_text(
         f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
         f"http {{\n include /etc/nginx/mime.types;\n include {tmp_path}/site.conf;\n}}\n"
@@ -69,6 +71,24 @@ def test_site_passes_nginx_t(tmp_path, case):
     assert f"server_name {' '.join(rendering.site_context(settings)['server_names'])};" in site
     assert f"server 127.0.0.1:{settings.app_port};" in site
     assert f"access_log {tmp_path}/log/webhook_access.log;" in site
+    assert "error_log /var/log/nginx/error.log warn;" in site  # the runbook's error log
+
+
+def webhook_server_block(site: str) -> str:
+    return site[site.index("    server_name aibots.test;\n    server_tokens off;\n\n    # Certificate"):]
+
+
+def test_site_answers_are_never_compressed_nor_sniffed(tmp_path):
+    """Issue 13: no gzip on the TLS servers (BREACH) even though Debian's nginx.conf turns it
+    on for the whole http block; nosniff on every answer of the webhook server."""
+    settings = build_settings({"aisha_domain": "aibots.test", "aisha_log_dir": str(tmp_path / "log")})
+    site = rendering.render("nginx/aisha-webhook.conf.j2", rendering.site_context(settings))
+    assert site.count("    gzip off;") == 2  # the webhook server and the default TLS server
+    webhook = webhook_server_block(site)
+    assert "gzip off;" in webhook and "add_header X-Content-Type-Options nosniff always;" in webhook
+    # one add_header in a location would drop the server's: there is none
+    locations = webhook[webhook.index("    location "):]
+    assert "add_header" not in locations and "gzip" not in locations
 
 
 def test_nginx_t_rejects_a_broken_site(tmp_path):
