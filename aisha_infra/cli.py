@@ -13,6 +13,7 @@ COMMANDS = {
     "rollout": "aisha_infra.rollout",
     "certs": "aisha_infra.certs",
     "events": "aisha_infra.events",
+    "webhook": "aisha_infra.webhook",
 }
 
 

@@ -117,6 +117,13 @@ def webhook_finding(address, domain, port=8443, ca_bundle=None, timeout=10, *, v
     )
 
 
+def post(address, domain, port, path, body: bytes, headers: dict, ca_bundle=None, timeout=10, verify=True):
+    """(status, body) of one POST to `address` with SNI/Host `domain`, or the Finding that
+    says why there is none (used by `aisha-infra webhook send`)."""
+    return _exchange("http.post", "POST", path, address, domain, port, ca_bundle, timeout, verify, None,
+                     body=body, headers=headers)
+
+
 def _exchange(check, method, path, address, domain, port, ca_bundle, timeout, verify, trust_system, body=None,
               headers=None):
     """(status, body) of one HTTPS request to `address` with SNI/Host `domain`, or

@@ -88,7 +88,7 @@ def app_environment(s: Settings) -> dict:
                 "AISHA_API_HOST": "127.0.0.1",
                 "AISHA_API_PORT": str(s.app_port),
                 "AISHA_MAX_BODY_BYTES": str(s.app_max_body_bytes),
-                "AISHA_FAL_VERIFY_SIGNATURES": "1" if s.fal_verify_signatures else "0",
+                "AISHA_FAL_VERIFY_SIGNATURES": "1" if s.verifies_signatures else "0",
                 "AISHA_FAL_JWKS_URL": s.fal_jwks_url,
             }
         )
@@ -113,7 +113,7 @@ def systemd_quote(value: str) -> str:
 def service_context(s: Settings) -> dict:
     # The bundled app needs no network of its own when systemd hands it the socket,
     # unless it must fetch fal's JWKS from the internet.
-    fetches_jwks = s.fal_verify_signatures and not s.fal_jwks_file
+    fetches_jwks = s.verifies_signatures and not s.fal_jwks_file
     return {
         "service_user": s.aisha_user,
         "app_dir": s.app_dir,

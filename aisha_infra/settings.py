@@ -64,7 +64,8 @@ class Settings:
 
     # --- fal webhook signatures ------------------------------------------------
     # Verify X-Fal-Webhook-Signature (Ed25519) and reject unsigned deliveries with 401.
-    fal_verify_signatures: bool = False
+    # None = by tls_mode: on for "letsencrypt" (a public server), off for "self-signed" (labs).
+    fal_verify_signatures: bool | None = None
     # fal's published JWKS; the app fetches and caches it.
     fal_jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
     # Local JWKS file uploaded instead of fetching the URL (also allows an offline app).
@@ -179,6 +180,12 @@ class Settings:
         if self.verify_ca_bundle is None and self.tls_mode == "self-signed":
             return self.selfsigned_cert_path
         return None
+
+    @property
+    def verifies_signatures(self) -> bool:
+        if self.fal_verify_signatures is None:
+            return self.tls_mode == "letsencrypt"
+        return self.fal_verify_signatures
 
     @property
     def letsencrypt_domains(self) -> list[str]:
@@ -526,7 +533,7 @@ CHECKS = {
     "app_socket_activation": lambda v: None if v is None else _bool_problem(v),
     "app_environment": _app_environment_problem,
     "app_max_body_bytes": _positive_int_problem,
-    "fal_verify_signatures": _bool_problem,
+    "fal_verify_signatures": lambda v: None if v is None else _bool_problem(v),
     "fal_jwks_url": _https_url_problem,
     "fal_jwks_file": _jwks_file_problem,
     "nginx_https_port": _port_problem,
@@ -623,7 +630,10 @@ def _check_together(values: dict[str, Any]) -> list[tuple[str, str]]:
     if values["app_source"] is not None:
         if not values["app_start_command"]:
             problems.append(("app_start_command", "is required with app_source: say how systemd starts your backend"))
-    if values["fal_verify_signatures"] and not (values["fal_jwks_url"] or values["fal_jwks_file"]):
+    verifies = values["fal_verify_signatures"]
+    if verifies is None:
+        verifies = values["tls_mode"] == "letsencrypt"
+    if verifies and not (values["fal_jwks_url"] or values["fal_jwks_file"]):
         problems.append(("fal_jwks_url", "fal_verify_signatures needs fal_jwks_url or fal_jwks_file"))
 
     archive = values["letsencrypt_restore_archive"]
