@@ -123,6 +123,17 @@ def _text_or_none(value) -> str | None:
     return value if value is None or isinstance(value, str) else _json_or_none(value)
 
 
+def _claimed_request_id(header: str | None, body: bytes) -> str:
+    """For the log line of a refused delivery: the request_id it claims (header, else body)."""
+    if header:
+        return _loggable(header)
+    try:
+        request_id = json.loads(body).get("request_id")
+    except (ValueError, RecursionError, AttributeError):
+        return "-"
+    return request_id if _usable_request_id(request_id) else "-"
+
+
 def _loggable(value) -> str:
     """A value from the request as one log token: as is if plain, else JSON-quoted, cut short."""
     if isinstance(value, str) and value and value.isprintable() and " " not in value:
@@ -159,7 +170,7 @@ class WebhookApp:
         if self.verifier is not None:
             from aisha_webhook_api.signature import HEADER_REQUEST_ID, InvalidSignature, KeysUnavailable
 
-            claimed = f"request_id={_loggable(headers.get(HEADER_REQUEST_ID) or '-')}"
+            claimed = f"request_id={_claimed_request_id(headers.get(HEADER_REQUEST_ID), body)}"
             try:
                 fal_user_id = self.verifier.verify(headers, body)
             except InvalidSignature as exc:

@@ -710,3 +710,15 @@ def test_unusable_cache_file_is_ignored(jwks_endpoint, fal_key, tmp_path):
     keys = JwksKeys(url=endpoint.url, file=None, cache_seconds=86400, cache_file=cache)
     with pytest.raises(KeysUnavailable, match="cannot load fal keys"):
         keys.get()
+
+
+def test_refused_delivery_is_logged_with_the_request_id_it_claims(signed_server, fal_key, caplog):
+    caplog.set_level("INFO", logger="aisha_webhook_api")
+    body = json.dumps(event("unsigned-1")).encode()
+    assert signed_server.post(body)[0] == 401
+    forged = fal_headers(Ed25519PrivateKey.generate(), body, request_id="forged-1")
+    assert signed_server.post(body, forged)[0] == 401
+    assert signed_server.post(b"[" * 50_000)[0] == 401
+    assert "refused request_id=unsigned-1 why=invalid signature: missing header" in caplog.text
+    assert "refused request_id=forged-1 why=invalid signature: signature matches no fal key" in caplog.text
+    assert "refused request_id=- why=invalid signature" in caplog.text
