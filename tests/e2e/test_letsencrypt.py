@@ -17,6 +17,7 @@ import pytest
 from cryptography import x509
 
 from aisha_infra import health
+from aisha_infra.webhook import write_test_key
 from tests.e2e.conftest import DOMAIN
 from tests.e2e.deploylib import run_deploy, write_hosts_file
 from tests.e2e.pebble import ACME_NAME, Pebble
@@ -43,6 +44,9 @@ class Scenario:
         self.pebble = Pebble(workdir / "pebble", listen=host.gateway, target=host.address)
         self.root = workdir / "pebble-root.pem"
         self.root.write_text("")  # filled once Pebble runs (its root is new at every start)
+        # letsencrypt mode verifies fal's signatures by default: a local JWKS, so the app
+        # never tries to fetch fal's real one from the lab
+        _, self.fal_jwks = write_test_key(workdir / "fal")
         self.overrides: dict = {}
         host.run(f"echo '{host.gateway} {ACME_NAME}' >> /etc/hosts")
 
@@ -50,7 +54,8 @@ class Scenario:
         return {"tls_mode": "letsencrypt", "letsencrypt_email": "ops@aibots.test",
                 "letsencrypt_server": self.pebble.directory_url,
                 "letsencrypt_ca_bundle": str(self.pebble.acme_ca),
-                "verify_ca_bundle": str(self.root), **self.overrides, **overrides}
+                "verify_ca_bundle": str(self.root), "fal_jwks_file": str(self.fal_jwks),
+                **self.overrides, **overrides}
 
     def deploy(self, **overrides):
         hosts_file = write_hosts_file(self.workdir / "hosts.json", [self.host], data=self.settings(**overrides))
