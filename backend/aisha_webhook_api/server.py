@@ -170,15 +170,17 @@ class WebhookApp:
         if self.verifier is not None:
             from aisha_webhook_api.signature import HEADER_REQUEST_ID, InvalidSignature, KeysUnavailable
 
-            claimed = f"request_id={_claimed_request_id(headers.get(HEADER_REQUEST_ID), body)}"
             try:
                 fal_user_id = self.verifier.verify(headers, body)
             except InvalidSignature as exc:
-                return 401, {"error": "invalid signature"}, f"refused {claimed} why=invalid signature: {exc}"
+                claimed = _claimed_request_id(headers.get(HEADER_REQUEST_ID), body)
+                note = f"refused request_id={claimed} why=invalid signature: {exc}"
+                return 401, {"error": "invalid signature"}, note
             except KeysUnavailable as exc:
                 # Our trouble, not the sender's: fal retries a 503.
                 log.error("cannot verify signatures: %s", exc)
-                note = f"refused {claimed} why=signature keys unavailable, fal will retry: {exc}"
+                claimed = _claimed_request_id(headers.get(HEADER_REQUEST_ID), body)
+                note = f"refused request_id={claimed} why=signature keys unavailable, fal will retry: {exc}"
                 return 503, {"error": "signature keys unavailable"}, note
         try:
             event = parse_event(body, fal_user_id=fal_user_id)
