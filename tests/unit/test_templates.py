@@ -75,7 +75,9 @@ def test_site_passes_nginx_t(tmp_path, case):
 
 
 def webhook_server_block(site: str) -> str:
-    return site[site.index("    server_name aibots.test;\n    server_tokens off;\n\n    # Certificate"):]
+    """The server block that proxies the webhook path (the blocks are top-level `server {`)."""
+    [block] = [block for block in site.split("\nserver {") if "location = /api/v1/avatar/status_update" in block]
+    return block
 
 
 def test_site_answers_are_never_compressed_nor_sniffed(tmp_path):
