@@ -18,7 +18,7 @@ import stat
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from aisha_webhook_api.store import COLUMNS, SCHEMA_VERSION
+from aisha_webhook_api.store import COLUMNS_BY_VERSION, SCHEMA_VERSION
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # events-20261129T035012Z.sqlite3: names sort by time
@@ -74,11 +74,12 @@ def snapshot_problem(path: Path) -> str | None:
             if integrity != ["ok"]:
                 return f"PRAGMA integrity_check failed: {'; '.join(integrity[:3])}"
             version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if version != SCHEMA_VERSION:
+            expected = COLUMNS_BY_VERSION.get(version)  # an older version is migrated when opened
+            if expected is None:
                 return f"schema version {version}, this backend stores version {SCHEMA_VERSION}"
             columns = tuple(row[1] for row in connection.execute("PRAGMA table_info(events)"))
-            if columns != COLUMNS:
-                return f"its events table has columns {columns or 'none'}, expected {COLUMNS}"
+            if columns != expected:
+                return f"its events table has columns {columns or 'none'}, expected {expected}"
         finally:
             connection.close()
     except sqlite3.Error as exc:

@@ -68,6 +68,8 @@ COLUMNS = (
     "id", "request_id", "gateway_request_id", "status", "payload", "error",
     "payload_error", "fal_user_id", "flags", "received_at", "raw_body",
 )
+# The events table of each schema version this code opens (older ones are migrated).
+COLUMNS_BY_VERSION = {1: tuple(c for c in COLUMNS if c != "flags"), SCHEMA_VERSION: COLUMNS}
 
 
 class StoreUnavailable(RuntimeError):

@@ -591,13 +591,10 @@ def test_one_log_line_per_delivery_says_what_happened(start_server, caplog):
     assert " 413 " in lines[4] and "refused why=body of" in lines[4]
 
 
-def test_version_1_database_is_migrated_keeping_every_event(tmp_path):
-    from aisha_webhook_api.store import EventStore
-
-    data = tmp_path / "data"
-    data.mkdir()
-    with sqlite3.connect(data / "events.sqlite3") as db:
-        db.executescript("""
+def write_version_1_database(path: Path) -> None:
+    """A store as the previous version left it: OK/ERROR only, no flags, a health_probe row."""
+    db = sqlite3.connect(path)
+    db.executescript("""
             CREATE TABLE events (id INTEGER PRIMARY KEY, request_id TEXT NOT NULL UNIQUE,
                 gateway_request_id TEXT, status TEXT NOT NULL CHECK (status IN ('OK', 'ERROR')),
                 payload TEXT, error TEXT, payload_error TEXT, fal_user_id TEXT,
@@ -609,6 +606,15 @@ def test_version_1_database_is_migrated_keeping_every_event(tmp_path):
             INSERT INTO events VALUES (3, 'diagnose-x', NULL, 'OK', NULL, NULL, NULL, NULL, 't', x'7b7d');
             PRAGMA user_version = 1;
         """)
+    db.close()
+
+
+def test_version_1_database_is_migrated_keeping_every_event(tmp_path):
+    from aisha_webhook_api.store import EventStore
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_version_1_database(data / "events.sqlite3")
     store = EventStore(data / "events.sqlite3")
     assert [(e["request_id"], e["flags"]) for e in store.all()] == [
         ("fal-1", ""), ("fal-2", "unsigned"), ("diagnose-x", "unsigned,probe"),
@@ -722,3 +728,11 @@ def test_refused_delivery_is_logged_with_the_request_id_it_claims(signed_server,
     assert "refused request_id=unsigned-1 why=invalid signature: missing header" in caplog.text
     assert "refused request_id=forged-1 why=invalid signature: signature matches no fal key" in caplog.text
     assert "refused request_id=- why=invalid signature" in caplog.text
+
+
+def test_version_1_snapshot_is_accepted_for_a_restore(tmp_path):
+    """A snapshot taken before the upgrade restores: the app migrates it when it opens it."""
+    from aisha_webhook_api.backup import snapshot_problem
+
+    write_version_1_database(tmp_path / "old.sqlite3")
+    assert snapshot_problem(tmp_path / "old.sqlite3") is None
