@@ -32,6 +32,20 @@ BACKUP_TIMER_PATH = "/etc/systemd/system/aisha-backup.timer"
 BACKUP_STAGING_DIRECTORY = "aisha-backup"  # below /run, the backup service's RuntimeDirectory
 ACME_WEBROOT = "/var/www/aisha-acme"
 NGINX_ERROR_LOG = "/var/log/nginx/error.log"
+# The on-host watch (tasks/watch.py): program, configuration, results.
+WATCH_USER = "aisha-watch"
+WATCH_SCRIPT_PATH = "/usr/local/lib/aisha-watch/aisha_watch.py"
+WATCH_CONFIG_DIR = "/etc/aisha-watch"
+WATCH_CONFIG_PATH = f"{WATCH_CONFIG_DIR}/config.json"
+WATCH_ALERT_URL_PATH = f"{WATCH_CONFIG_DIR}/alert-webhook-url"
+WATCH_STATE_DIR = "/var/lib/aisha-watch"  # last.json, notified.json, aisha.prom
+WATCH_LAST_RESULT_PATH = f"{WATCH_STATE_DIR}/last.json"
+WATCH_LIVE_COPY_DIR = "/run/aisha-watch-live"
+WATCH_SERVICE_PATH = "/etc/systemd/system/aisha-watch.service"
+WATCH_TIMER_PATH = "/etc/systemd/system/aisha-watch.timer"
+CERTBOT_ONFAILURE_DROPIN_PATH = "/etc/systemd/system/certbot.service.d/aisha-watch.conf"
+NODE_EXPORTER_DEFAULTS_PATH = "/etc/default/prometheus-node-exporter"
+NODE_EXPORTER_PORT = 9100
 REMOTE_JWKS_NAME = "fal-jwks.json"
 
 
@@ -155,3 +169,43 @@ def backup_service_context(s: Settings) -> dict:
 
 def backup_timer_context(s: Settings) -> dict:
     return {"interval_minutes": s.backup_interval_minutes}
+
+
+def watch_config(s: Settings, host_name: str) -> dict:
+    """The watch's configuration file (no secret: the alert URL is a systemd credential)."""
+    expected = [s.selfsigned_cert_path]
+    if s.tls_mode == "letsencrypt":  # live once issued; self-signed while degraded
+        expected.insert(0, f"{WATCH_LIVE_COPY_DIR}/cert.pem")
+    return {
+        "host": host_name,
+        "domain": s.aisha_domain,
+        "https_port": s.nginx_https_port,
+        "expected_certificates": expected,
+        "certificate_min_days": s.watch_certificate_min_days,
+        "disk_min_free_percent": s.watch_disk_min_free_percent,
+        "data_dir": s.aisha_data_dir,
+        "state_dir": WATCH_STATE_DIR,
+        "alert_fields": s.alert_webhook_fields or {},
+    }
+
+
+def watch_service_context(s: Settings) -> dict:
+    return {
+        "watch_user": WATCH_USER,
+        "script": WATCH_SCRIPT_PATH,
+        "config": WATCH_CONFIG_PATH,
+        "state_directory": WATCH_STATE_DIR.removeprefix("/var/lib/"),
+        "live_certificate": f"{s.letsencrypt_live_dir}/cert.pem" if s.tls_mode == "letsencrypt" else None,
+        "live_copy_dir": WATCH_LIVE_COPY_DIR,
+        "alert_credential": WATCH_ALERT_URL_PATH if s.alert_webhook_url else None,
+    }
+
+
+def watch_timer_context(s: Settings) -> dict:
+    return {"interval_seconds": s.watch_interval_seconds}
+
+
+def node_exporter_context(s: Settings) -> dict:
+    # Only localhost can scrape unless metrics_allow_from opens the port in ufw.
+    address = "" if s.metrics_allow_from else "127.0.0.1"
+    return {"listen": f"{address}:{NODE_EXPORTER_PORT}", "textfile_directory": WATCH_STATE_DIR}

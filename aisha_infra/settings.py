@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import posixpath
 import re
 import shlex
@@ -147,6 +148,25 @@ class Settings:
     # "allow from 203.0.113.5 to any port 9100 proto tcp"; every other rule is removed.
     firewall_extra_rules: tuple = ()
 
+    # --- on-host watch (timer) and alerts ----------------------------------------
+    # Check the host from itself on a timer: served certificate, /health, certbot, disk, restarts.
+    watch_enabled: bool = True
+    # Seconds between two checks.
+    watch_interval_seconds: int = 300
+    # Alert when the served certificate expires within this many days.
+    watch_certificate_min_days: int = 21
+    # Alert when the data directory's file system has less than this share free (percent).
+    watch_disk_min_free_percent: int = 10
+    # URL that gets a JSON POST on every change of state (holds a token: stored 0600 root).
+    # None = no alerts (metrics and `aisha-infra status` still show the state).
+    alert_webhook_url: str | None = None
+    # Extra JSON fields of every alert, e.g. {"chat_id": "123456"} for Telegram's sendMessage.
+    alert_webhook_fields: dict | None = None
+    # Install prometheus-node-exporter and export the watch's results as metrics (textfile collector).
+    metrics_enabled: bool = False
+    # Addresses or networks (CIDR) that may scrape node_exporter on port 9100; empty = localhost only.
+    metrics_allow_from: tuple = ()
+
     # --- derived values -----------------------------------------------------------
     @property
     def app_dir(self) -> str:
@@ -237,8 +257,10 @@ class Settings:
 SETTING_NAMES = tuple(f.name for f in fields(Settings))
 # Prefixes that mark a data key as ours, so a misspelt one is caught instead of ignored.
 # (ssh_ is pyinfra's own: ssh_user, ssh_key, ...)
-OUR_PREFIXES = ("aisha_", "app_", "fal_", "nginx_", "tls_", "letsencrypt_", "firewall_", "verify_",
-                "backup_", "events_", "apt_", "pip_")
+OUR_PREFIXES = (
+    "aisha_", "app_", "fal_", "nginx_", "tls_", "letsencrypt_", "firewall_", "verify_",
+    "backup_", "events_", "apt_", "pip_", "watch_", "alert_", "metrics_",
+)
 
 
 class SettingsError(ValueError):
@@ -519,6 +541,50 @@ def _seconds_problem(value: Any) -> str | None:
     return message and f"{message} (seconds)"
 
 
+def _int_between(low: int, high: int):
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            return f"{value!r} is not an integer from {low} to {high}"
+        return None
+
+    return check
+
+
+def _alert_url_problem(value: Any) -> str | None:
+    # The URL holds a token: the messages do not repeat it.
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value):
+        return "is not an http(s) URL (e.g. a Slack incoming webhook or Telegram's sendMessage)"
+    bad = _bad_characters(value, _URL_CHARS)
+    return f"contains {bad}: percent-encode them" if bad else None
+
+
+def _alert_fields_problem(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+        return f"{value!r} is not a mapping of JSON field names to values"
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        return f"{value!r} cannot be sent as JSON: {exc}"
+    return None
+
+
+def _networks_problem(value: Any) -> str | None:
+    if not isinstance(value, (list, tuple)):
+        return f"{value!r} is not a list of addresses or networks"
+    for entry in value:
+        try:
+            network = ipaddress.ip_network(entry, strict=True)
+        except (TypeError, ValueError):
+            return f"{entry!r} is not an IP address or network (e.g. '203.0.113.7' or '203.0.113.0/24')"
+        if network.prefixlen == 0:
+            return f"{entry!r} opens the metrics to everyone; name the scraper's addresses"
+    return None
+
+
 # Each setting's own check: (value) -> problem or None. A new setting adds its line here
 # (tests/unit/test_settings.py fails for a setting without one).
 CHECKS = {
@@ -566,6 +632,14 @@ CHECKS = {
     "pip_timeout": _seconds_problem,
     "verify_timeout": _seconds_problem,
     "firewall_extra_rules": _ufw_rules_problem,
+    "watch_enabled": _bool_problem,
+    "watch_interval_seconds": _int_between(10, 86400),
+    "watch_certificate_min_days": _int_between(1, 365),
+    "watch_disk_min_free_percent": _int_between(1, 99),
+    "alert_webhook_url": _alert_url_problem,
+    "alert_webhook_fields": _alert_fields_problem,
+    "metrics_enabled": _bool_problem,
+    "metrics_allow_from": _networks_problem,
 }
 
 
@@ -608,6 +682,17 @@ def _backup_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
                        "Use a file written by `aisha-infra events pull`.")
         if message:
             problems.append(("events_restore_archive", message))
+    return problems
+
+
+def _watch_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """Who may scrape the metrics, together with what opens them (each value alone is
+    checked by CHECKS)."""
+    problems = []
+    if values["metrics_allow_from"] and not values["metrics_enabled"]:
+        problems.append(("metrics_allow_from", "needs metrics_enabled = True (there is nothing to scrape without it)"))
+    if values["metrics_allow_from"] and not values["firewall_enabled"]:
+        problems.append(("metrics_allow_from", "needs firewall_enabled = True: without ufw, node_exporter would be open to everyone"))
     return problems
 
 
@@ -713,13 +798,12 @@ def build_settings(data: dict[str, Any], where: str = "") -> Settings:
     listing every problem with its key."""
     values = {f.name: getattr(Settings, f.name) for f in fields(Settings)}
     values.update({k: v for k, v in data.items() if k in SETTING_NAMES})
-    if isinstance(values["letsencrypt_extra_domains"], list):
-        values["letsencrypt_extra_domains"] = tuple(values["letsencrypt_extra_domains"])
-    if isinstance(values["firewall_extra_rules"], list):
-        values["firewall_extra_rules"] = tuple(values["firewall_extra_rules"])
+    for key in ("letsencrypt_extra_domains", "firewall_extra_rules", "metrics_allow_from"):
+        if isinstance(values[key], list):
+            values[key] = tuple(values[key])
 
     problems = (unknown_keys(data) + _check_each(values) + _check_together(values) + _backup_problems(values)
-                + _fresh_vm_problems(values))
+                + _fresh_vm_problems(values) + _watch_problems(values))
     if not problems:  # the app's own rules need values that passed ours
         problems = _bundled_app_problems(Settings(**values))
     if problems:

@@ -6,6 +6,7 @@ from pyinfra.operations import systemd
 from aisha_infra.facts.system import SshdPorts
 from aisha_infra.operations import ufw
 from aisha_infra.settings import Settings
+from tasks.watch import metrics_firewall_rules
 
 
 def connected_ssh_port() -> int | None:
@@ -54,7 +55,7 @@ def configure_firewall(settings: Settings):
     ufw.allow_only(
         name=(f"Allow only SSH ({ssh_ports}), HTTP ({settings.nginx_http_port}) and HTTPS ({settings.nginx_https_port})"
               + (", plus firewall_extra_rules" if settings.firewall_extra_rules else "")),
-        rules=[*keep_ssh, *web, *settings.firewall_extra_rules],
+        rules=[*keep_ssh, *web, *settings.firewall_extra_rules, *metrics_firewall_rules(settings)],
         protect=keep_ssh,
     )
     ufw.default_policy(name="Deny incoming by default", direction="incoming", policy="deny")
