@@ -14,6 +14,7 @@ COMMANDS = {
     "certs": "aisha_infra.certs",
     "events": "aisha_infra.events",
     "webhook": "aisha_infra.webhook",
+    "status": "aisha_infra.status",
 }
 
 

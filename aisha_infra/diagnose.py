@@ -668,27 +668,26 @@ def targets_from_args(args: argparse.Namespace) -> list[Target]:
 
 def targets_from_inventory(path: str, args: argparse.Namespace) -> list[Target]:
     """One target per host of a pyinfra inventory file, with its group data."""
+    return [target_for_host(name, data, args) for name, data in load_inventory(path)]
+
+
+def target_for_host(name: str, data: dict, args: argparse.Namespace) -> Target:
+    """The target of one inventory host (`data`: its merged data); `args` overrides."""
     from aisha_infra.settings import Settings
 
-    targets = []
-    for name, data in load_inventory(path):
-        address = args.address or data.get("verify_address") or data.get("ssh_hostname") or name
-        ssh_port = args.ssh_port or int(data.get("ssh_port") or 22)
-        runner = ssh_runner(SSHHost.from_data(name, data, **ssh_overrides(args)))
-        targets.append(
-            Target(
-                domain=args.domain or data.get("aisha_domain") or name,
-                address=address,
-                port=args.port or int(data.get("nginx_https_port") or Settings.nginx_https_port),
-                name=name,
-                tls_mode=data.get("tls_mode") or Settings.tls_mode,
-                ssh=runner,
-                ssh_port=ssh_port,
-                http_port=int(data.get("nginx_http_port") or Settings.nginx_http_port),
-                ca_bundle=data.get("verify_ca_bundle"),
-            )
-        )
-    return targets
+    address = args.address or data.get("verify_address") or data.get("ssh_hostname") or name
+    ssh_port = args.ssh_port or int(data.get("ssh_port") or 22)
+    return Target(
+        domain=args.domain or data.get("aisha_domain") or name,
+        address=address,
+        port=args.port or int(data.get("nginx_https_port") or Settings.nginx_https_port),
+        name=name,
+        tls_mode=data.get("tls_mode") or Settings.tls_mode,
+        ssh=ssh_runner(SSHHost.from_data(name, data, **ssh_overrides(args))),
+        ssh_port=ssh_port,
+        http_port=int(data.get("nginx_http_port") or Settings.nginx_http_port),
+        ca_bundle=data.get("verify_ca_bundle"),
+    )
 
 
 def load_inventory(path: str) -> list[tuple[str, dict]]:
