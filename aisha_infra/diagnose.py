@@ -29,6 +29,7 @@ import sys
 import textwrap
 import types
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -57,6 +58,7 @@ from aisha_infra.tlscheck import (
 
 DEFAULT_PORT = 8443
 TCP_TIMEOUT = 3
+TCP_TIMED_OUT = "timed out"  # in a port finding's message: a firewall drops the port
 TLS_TIMEOUT = 10
 HTTP_TIMEOUT = 10
 SSH_TIMEOUT = 20
@@ -148,8 +150,16 @@ def diagnose(
         return report
     address = report.address
 
+    report.findings += check_ipv6(addresses, target.port)
     ports = {target.ssh_port: "ssh", target.http_port: "http", target.port: "https"}
-    report.findings += [check_port(address, port, role) for port, role in ports.items()]
+    with ThreadPoolExecutor(max_workers=len(ports)) as pool:  # three timeouts cost one
+        port_findings = list(pool.map(lambda item: check_port(address, *item), ports.items()))
+    report.findings += port_findings
+    if TCP_TIMED_OUT in port_findings[list(ports).index(target.port)].message:
+        # Dropped by a firewall: a TLS handshake would only wait for its own timeout.
+        if target.ssh is not None:
+            report.findings += check_host(target.ssh, target.domain, target.port)
+        return report
 
     served = fetch_served_chain(address, target.port, target.domain, TLS_TIMEOUT)
     report.protocol = served.protocol
@@ -190,16 +200,21 @@ def check_dns(domain: str, address: str | None, resolve: Resolver = resolve_addr
     where = f" pointing at {address}" if address else ""
     reserved = next((s for s in RESERVED_SUFFIXES if domain.lower().rstrip(".").endswith(s)), None)
     if reserved:
-        # RFC 6761 names never exist in public DNS: no query is sent for them at all.
+        # Never in public DNS, but /etc/hosts (what curl reads too) may name it.
+        try:
+            addresses = resolve(domain)
+        except OSError:
+            addresses = []
+        found = f" Here it resolves to {', '.join(addresses)} (/etc/hosts)." if addresses else ""
         return [
             Finding(
                 "dns",
                 "warn",
                 f"{domain} is a reserved '{reserved}' name: it never exists in public DNS, so fal cannot "
-                f"reach it (fine for a lab).",
+                f"reach it (fine for a lab).{found}",
                 f"Create an A record for a real name{where} at your DNS provider and set aisha_domain to it.",
             )
-        ], []
+        ], addresses
     try:
         addresses = resolve(domain)
     except OSError as exc:
@@ -235,6 +250,37 @@ def check_dns(domain: str, address: str | None, resolve: Resolver = resolve_addr
     return [Finding("dns", "ok", f"{domain} resolves to {', '.join(addresses)}.")], addresses
 
 
+def check_ipv6(addresses: list[str], port: int, timeout: float = TCP_TIMEOUT) -> list[Finding]:
+    """An AAAA record whose address does not answer: clients that prefer IPv6 (Let's
+    Encrypt's validation among them) fail or fall back slowly."""
+    ipv6 = [a for a in addresses if ":" in a]
+    if not ipv6:
+        return []
+    with ThreadPoolExecutor(max_workers=len(ipv6)) as pool:
+        answers = list(pool.map(lambda a: _tcp_answers(a, port, timeout), ipv6))
+    silent = [a for a, answered in zip(ipv6, answers) if not answered]
+    if not silent:
+        return [Finding("dns.ipv6", "ok", f"The IPv6 address(es) {', '.join(ipv6)} answer on port {port}.")]
+    return [
+        Finding(
+            "dns.ipv6",
+            "error",
+            f"The AAAA record points at {', '.join(silent)}, which does not answer on port {port}: Let's Encrypt "
+            "validates over IPv6 when a name has one (issuance and renewals fail), and IPv6 clients cannot connect.",
+            "Delete the stale AAAA record at your DNS provider, or make the server answer on that address "
+            "(`ip -6 addr`, nginx `listen [::]:PORT ssl;`, `ufw allow PORT/tcp` covers v6).",
+        )
+    ]
+
+
+def _tcp_answers(address: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def check_port(address: str, port: int, role: str, timeout: float = TCP_TIMEOUT) -> Finding:
     """Can a TCP connection to address:port be opened? `role`: ssh, http or https."""
     check = f"tcp.{port}"
@@ -244,7 +290,7 @@ def check_port(address: str, port: int, role: str, timeout: float = TCP_TIMEOUT)
     except ConnectionRefusedError:
         problem, firewalled = "refused (nothing listens there)", False
     except TimeoutError:
-        problem, firewalled = f"timed out after {timeout:g} s (a firewall drops it)", True
+        problem, firewalled = f"{TCP_TIMED_OUT} after {timeout:g} s (a firewall drops it)", True
     except OSError as exc:
         problem, firewalled = str(exc), True
     else:
@@ -360,7 +406,18 @@ def ufw_finding(rc: int, out: str, err: str, https_port: int = DEFAULT_PORT) -> 
             "Re-run the deploy (firewall_enabled = True), or `ufw allow 22/tcp && ufw allow 80/tcp && "
             f"ufw allow {https_port}/tcp && ufw --force enable`.",
         )
+    decisions = ufw_port_decisions(out)
     allowed = ufw_allowed_ports(out)
+    action, rule = decisions.get(https_port, (None, None))
+    if action in ("DENY", "REJECT"):
+        return Finding(
+            "ufw",
+            "error",
+            f"ufw is active and its first rule for {https_port}/tcp is `{rule}`: ufw applies the first "
+            "matching rule, so fal's requests are dropped even if an allow follows.",
+            f"`ufw delete {_ufw_rule_command(rule)}` (or find its number with `ufw status numbered` and "
+            f"`ufw delete NUMBER`), then check with `ufw status verbose`.",
+        )
     if https_port not in allowed:
         return Finding(
             "ufw",
@@ -381,28 +438,47 @@ def ufw_finding(rc: int, out: str, err: str, https_port: int = DEFAULT_PORT) -> 
 
 
 _UFW_APPS = {"openssh": {22}, "nginx http": {80}, "nginx https": {443}, "nginx full": {80, 443}}
-_UFW_RULE = re.compile(r"^(?P<to>.+?)\s{2,}(?P<action>ALLOW|LIMIT)(?: IN)?\s{2,}(?P<from>.+?)\s*$")
+_UFW_RULE = re.compile(r"^(?P<to>.+?)\s{2,}(?P<action>ALLOW|LIMIT|DENY|REJECT)(?: IN)?\s{2,}(?P<from>.+?)\s*$")
 
 
-def ufw_allowed_ports(status: str) -> set[int]:
-    """TCP ports `ufw status verbose` lets in from anywhere."""
-    ports: set[int] = set()
+def ufw_port_decisions(status: str) -> dict[int, tuple[str, str]]:
+    """{TCP port: (action, rule line)} of the first rule from anywhere that matches
+    each port in `ufw status verbose`: ufw applies the first match, in order."""
+    decisions: dict[int, tuple[str, str]] = {}
     for line in status.splitlines():
         match = _UFW_RULE.match(line.strip())
         if not match or not match.group("from").startswith("Anywhere"):
             continue
-        to = match.group("to").replace("(v6)", "").split(" on ")[0].strip()
-        if to.lower() in _UFW_APPS:
-            ports |= _UFW_APPS[to.lower()]
-            continue
-        spec, _, proto = to.partition("/")
-        if proto not in ("", "tcp"):
-            continue
-        for part in spec.split(","):
-            low, _, high = part.partition(":")
-            if low.isdigit() and (not high or high.isdigit()):
-                ports.update(range(int(low), int(high or low) + 1))
+        for port in _ufw_rule_ports(match.group("to")):
+            decisions.setdefault(port, (match.group("action"), line.strip()))
+    return decisions
+
+
+def ufw_allowed_ports(status: str) -> set[int]:
+    """TCP ports `ufw status verbose` lets in from anywhere."""
+    return {port for port, (action, _) in ufw_port_decisions(status).items() if action in ("ALLOW", "LIMIT")}
+
+
+def _ufw_rule_ports(to: str) -> set[int]:
+    to = to.replace("(v6)", "").split(" on ")[0].strip()
+    if to.lower() in _UFW_APPS:
+        return set(_UFW_APPS[to.lower()])
+    spec, _, proto = to.partition("/")
+    if proto not in ("", "tcp"):
+        return set()
+    ports: set[int] = set()
+    for part in spec.split(","):
+        low, _, high = part.partition(":")
+        if low.isdigit() and (not high or high.isdigit()):
+            ports.update(range(int(low), int(high or low) + 1))
     return ports
+
+
+def _ufw_rule_command(rule: str) -> str:
+    """`8443/tcp  DENY IN  Anywhere` -> `deny 8443/tcp`, as `ufw delete` takes it."""
+    match = _UFW_RULE.match(rule)
+    to = match.group("to").replace("(v6)", "").strip()
+    return f"{match.group('action').lower()} {to if to.lower() not in _UFW_APPS else shlex.quote(to)}"
 
 
 def _certificate_file_findings(run: Runner, domain: str, port: int, served_leaf, nginx_conf: str) -> list[Finding]:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.x509.oid import AuthorityInformationAccessOID
 from cryptography.hazmat.primitives import serialization
 
 EXPIRY_WARN_DAYS = 21
@@ -404,6 +405,23 @@ def _trust_findings(leaf, path, outcome, pool, domain, tls_mode) -> list[Finding
     if test_ca:
         return [_test_ca_finding(test_ca, top_name, chain_text, leaf_only=len(path) == 1, domain=domain)]
 
+    if outcome == "missing_issuer" and len(path) == 1 and not _ca_issuers_urls(leaf):
+        # Public CAs name the intermediate to fetch (AIA caIssuers, CA/B Baseline
+        # Requirements); a private CA's leaf usually does not: its issuer is the private root.
+        return [
+            Finding(
+                "tls.private_ca",
+                "error",
+                f"The certificate is signed by '{_name_cn(leaf.issuer)}', a CA that is not in the trust store "
+                "and that the certificate does not point to (no Authority Information Access, which public CAs "
+                "always include): a private or internal CA. Clients, fal.ai included, reject it (curl: (60) "
+                "unable to get local issuer certificate).",
+                "Serve a certificate from a public CA (tls_mode=letsencrypt) and re-deploy. To trust this "
+                "private CA on purpose, pass its root certificate with --ca-bundle ROOT.pem (curl: --cacert "
+                "ROOT.pem; the deploy: verify_ca_bundle).",
+            )
+        ]
+
     if outcome == "missing_issuer" and len(path) == 1:
         unrelated = ""
         if pool:
@@ -581,6 +599,14 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
         return False
+
+
+def _ca_issuers_urls(cert: x509.Certificate) -> list[str]:
+    try:
+        access = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except x509.ExtensionNotFound:
+        return []
+    return [d.access_location.value for d in access if d.access_method == AuthorityInformationAccessOID.CA_ISSUERS]
 
 
 def _alt_names(cert: x509.Certificate) -> tuple[list[str], list]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
@@ -103,8 +103,11 @@ def make_leaf(
     not_before: datetime.datetime | None = None,
     not_after: datetime.datetime | None = None,
     key: ec.EllipticCurvePrivateKey | None = None,
+    ca_issuers_url: str | None = "http://ca.test/issuer.der",
 ) -> Issued:
-    """A server certificate for `names` (DNS names or IP addresses), valid 90 days by default."""
+    """A server certificate for `names` (DNS names or IP addresses), valid 90 days by default.
+    `ca_issuers_url`: where its issuer can be fetched (AIA), as public CAs say; None, as
+    private CAs often make them."""
     key = key or new_key()
     not_before = not_before or NOW - 10 * DAY
     not_after = not_after or not_before + 90 * DAY
@@ -115,9 +118,11 @@ def make_leaf(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(_general_names(names)), critical=False)
         .add_extension(_authority_key_id(issuer.key), critical=False)
-        .sign(issuer.key, hashes.SHA256())
     )
-    return Issued(cert, key)
+    if ca_issuers_url:
+        access = x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(ca_issuers_url))
+        cert = cert.add_extension(x509.AuthorityInformationAccess([access]), critical=False)
+    return Issued(cert.sign(issuer.key, hashes.SHA256()), key)
 
 
 def make_self_signed(names: list[str] = ("aibots.test",)) -> Issued:
