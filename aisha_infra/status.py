@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import shlex
 import sys
 import time
@@ -186,6 +187,12 @@ def _read_host_facts(status: HostStatus, facts: dict, settings: Settings) -> Non
         status.problems.append(f"watch: the last result is {_duration(age)} old: `systemctl status aisha-watch.timer`")
 
 
+def _common_name(name: str | None) -> str:
+    """`CN=R10,O=Let's Encrypt,C=US` -> `R10`: the table shows the issuing CA's name."""
+    match = re.search(r"(?:^|,)CN=((?:\\,|[^,])+)", name or "")
+    return match.group(1) if match else (name or "-")
+
+
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -212,7 +219,7 @@ COLUMNS = (
     ("host", lambda s: s.name),
     ("health", lambda s: s.health),
     ("TLS", lambda s: s.tls_state),
-    ("issuer", lambda s: (s.issuer or "-").removeprefix("CN=")),
+    ("issuer", lambda s: _common_name(s.issuer)),
     ("days", lambda s: "-" if s.days_left is None else f"{s.days_left:.0f}"),
     ("served=live", lambda s: {True: "yes", False: "NO", None: "?"}[s.served_is_live]),
     ("app up", lambda s: "-" if s.app_uptime_seconds is None else _duration(s.app_uptime_seconds)),

@@ -114,3 +114,9 @@ def test_table_names_the_broken_host():
     assert header[:4] == ["host", "health", "TLS", "issuer"] and "watch" in header
     assert "1 host(s) with problems:\n  web-2: http.health: 502" in text
     assert status.render_table([good]).endswith("all 1 host(s) OK")
+
+
+def test_issuer_column_shows_the_cas_name():
+    assert status._common_name("CN=R10,O=Let's Encrypt,C=US") == "R10"
+    assert status._common_name("O=Corp,CN=Corp\\, Inc. CA") == "Corp\\, Inc. CA"
+    assert status._common_name(None) == "-"
