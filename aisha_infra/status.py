@@ -17,8 +17,11 @@ import re
 import shlex
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+import urllib3
 
 from aisha_infra import diagnose, health, rendering
 from aisha_infra.settings import Settings, SettingsError, build_settings
@@ -30,6 +33,7 @@ from aisha_infra.tlscheck import (
     first_error,
     load_trust_store,
     pick_leaf,
+    system_roots,
 )
 
 TLS_TIMEOUT = 5
@@ -211,6 +215,10 @@ def collect(inventory: str, args: argparse.Namespace) -> list[HostStatus]:
         work.append((diagnose.target_for_host(name, data, args), settings))
     if not work:
         return []
+    system_roots()  # parsed once here, not by every thread at once
+    # health.py silences this warning with catch_warnings, which threads undo for each other;
+    # an unverified check only happens after the chain was already reported untrusted.
+    warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
     with ThreadPoolExecutor(max_workers=min(len(work), 32)) as pool:
         return list(pool.map(lambda item: check_host(item[0], item[1], now), work))
 

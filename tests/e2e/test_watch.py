@@ -14,6 +14,7 @@ import pytest
 
 from tests.e2e.conftest import DOMAIN
 from tests.e2e.deploylib import run_deploy, write_hosts_file
+from tests.e2e.test_letsencrypt import Scenario
 
 pytestmark = pytest.mark.e2e
 INTERVAL = 10  # seconds between two checks in this test (the default is 300)
@@ -158,3 +159,37 @@ def test_failed_certbot_run_alerts(watched):
         assert "failed" in alert["message"]
     finally:
         host.run(f"rm -f {dropin} && systemctl daemon-reload && systemctl reset-failed certbot.service")
+
+
+@pytest.fixture(scope="module")
+def watched_letsencrypt(lab, tmp_path_factory):
+    """A Let's Encrypt host (Pebble beside it) watched every INTERVAL seconds."""
+    host = lab.add_hosts(count=1)[0]
+    receiver = Receiver(host.gateway)
+    scenario = Scenario(host, tmp_path_factory.mktemp("watch-le"))
+    try:
+        scenario.start_pebble()
+        scenario.deploy(watch_interval_seconds=INTERVAL, alert_webhook_url=receiver.url).check()
+        yield host, receiver
+    finally:
+        receiver.stop()
+        scenario.pebble.stop()
+        lab.destroy_host(host.name)
+
+
+def test_served_certificate_older_than_the_live_one_alerts(watched_letsencrypt):
+    host, receiver = watched_letsencrypt
+    live = "/run/aisha-watch-live/cert.pem"
+    # served == live at first; root copied only the public certificate for the watch
+    last = json.loads(host.run("cat /var/lib/aisha-watch/last.json").stdout)
+    assert last["checks"]["served_matches"] == {**last["checks"]["served_matches"], "ok": True, "file": live}
+    assert host.run("ls /run/aisha-watch-live").stdout.split() == ["cert.pem"]
+    seen = receiver.count()
+    # Renewed, but without the deploy hook that reloads nginx: live is newer than served.
+    host.run("REQUESTS_CA_BUNDLE=/etc/letsencrypt/aisha-acme-ca.pem certbot renew --force-renewal "
+             "--no-directory-hooks --no-random-sleep-on-renew -q")
+    alert = receiver.wait_for("served_matches", "alert", seen)
+    assert live in alert["message"] and "not reloaded" in alert["message"]
+    seen = receiver.count()
+    host.run("systemctl reload nginx")
+    receiver.wait_for("served_matches", "resolved", seen)
