@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -169,16 +170,30 @@ def watched_letsencrypt(lab, tmp_path_factory):
     scenario = Scenario(host, tmp_path_factory.mktemp("watch-le"))
     try:
         scenario.start_pebble()
-        scenario.deploy(watch_interval_seconds=INTERVAL, alert_webhook_url=receiver.url).check()
-        yield host, receiver
+        # node_exporter open to this machine only (the host's gateway address) through ufw
+        scenario.overrides.update(watch_interval_seconds=INTERVAL, alert_webhook_url=receiver.url,
+                                  metrics_enabled=True, metrics_allow_from=[host.gateway])
+        scenario.deploy().check()
+        yield host, receiver, scenario
     finally:
         receiver.stop()
         scenario.pebble.stop()
         lab.destroy_host(host.name)
 
 
+def test_metrics_allowed_from_one_address_only(watched_letsencrypt):
+    host, _, scenario = watched_letsencrypt
+    rules = host.run("ufw status").stdout
+    assert f"9100/tcp                   ALLOW       {host.gateway}" in rules, rules
+    assert "9100/tcp                   ALLOW       Anywhere" not in rules
+    with urllib.request.urlopen(f"http://{host.address}:9100/metrics", timeout=10) as response:
+        assert 'aisha_watch_check_ok{check="served_matches"} 1' in response.read().decode()
+    run = scenario.deploy().check()
+    assert run.totals["changed"] == 0, f"changed on re-run: {run.changed_operations}"
+
+
 def test_served_certificate_older_than_the_live_one_alerts(watched_letsencrypt):
-    host, receiver = watched_letsencrypt
+    host, receiver, _ = watched_letsencrypt
     live = "/run/aisha-watch-live/cert.pem"
     # served == live at first; root copied only the public certificate for the watch
     last = json.loads(host.run("cat /var/lib/aisha-watch/last.json").stdout)
