@@ -25,6 +25,7 @@ import urllib3
 
 from aisha_infra import diagnose, health, rendering
 from aisha_infra.settings import Settings, SettingsError, build_settings
+from aisha_infra.ssh import SSHError, add_ssh_arguments
 from aisha_infra.tlscheck import (
     analyze_chain,
     chain_trusted,
@@ -260,8 +261,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--inventory", metavar="FILE", default="inventory.py",
                         help="pyinfra inventory (default inventory.py: AISHA_HOSTS or the local lab)")
-    parser.add_argument("--ssh-key", metavar="FILE", help="SSH key (default: ssh_key of each host)")
-    parser.add_argument("--ssh-user", help="SSH user (default: ssh_user of each host, else root)")
+    add_ssh_arguments(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(run=run, address=None, domain=None, port=None)
 
@@ -270,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         statuses = collect(args.inventory, args)
-    except SettingsError as exc:
+    except (SettingsError, SSHError) as exc:
         print(f"aisha-infra status: {exc}", file=sys.stderr)
         return 2
     if args.json:
