@@ -18,7 +18,7 @@ from tasks.packages import install_packages
 from tasks.service_user import create_service_user
 from tasks.tls import ensure_certificates
 from tasks.verify import verify_endpoint
-from tasks.watch import deploy_watch
+from tasks.watch import deploy_watch, stop_watch
 
 # Every host's settings and system are checked before the first operation anywhere.
 settings = validate_inventory(host.state)[host.name]
@@ -45,3 +45,5 @@ if settings.verify_enabled:
     verify_endpoint(settings)
 if settings.watch_enabled:
     deploy_watch(settings)
+else:
+    stop_watch(settings)

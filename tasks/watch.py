@@ -118,3 +118,9 @@ def deploy_watch(settings: Settings):
         commands=["systemctl start aisha-watch.service"],
         _if=any_changed(script, config, alert_url, service),
     )
+
+
+@deploy("Watch (off)")
+def stop_watch(settings: Settings):
+    """watch_enabled = False: the timer no longer runs (its files stay, inert)."""
+    systemd.service(name="Stop aisha-watch.timer", service="aisha-watch.timer", running=False, enabled=False)

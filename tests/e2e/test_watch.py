@@ -162,6 +162,19 @@ def test_failed_certbot_run_alerts(watched):
         host.run(f"rm -f {dropin} && systemctl daemon-reload && systemctl reset-failed certbot.service")
 
 
+
+def test_turning_the_watch_off_stops_its_timer(watched):
+    host, _, hosts_file, _ = watched
+    data = json.loads(hosts_file.read_text())
+    data[0]["data"]["watch_enabled"] = False
+    off = hosts_file.with_name("hosts-watch-off.json")
+    off.write_text(json.dumps(data))
+    run = run_deploy(off).check()
+    assert "Watch (off) | Stop aisha-watch.timer" in run.changed_operations
+    assert host.run("systemctl is-active aisha-watch.timer", check=False).stdout.strip() == "inactive"
+    assert host.run("systemctl is-enabled aisha-watch.timer", check=False).stdout.strip() == "disabled"
+    assert run_deploy(off).check().totals["changed"] == 0
+
 @pytest.fixture(scope="module")
 def watched_letsencrypt(lab, tmp_path_factory):
     """A Let's Encrypt host (Pebble beside it) watched every INTERVAL seconds."""
