@@ -209,3 +209,13 @@ def test_metrics_allow_from_opens_only_those_addresses():
         "allow from 2001:db8::/64 to any port 9100 proto tcp",
     ]
     assert rendering.node_exporter_context(settings)["listen"] == ":9100"
+
+
+def test_a_bad_alert_url_is_refused_without_repeating_its_token():
+    with pytest.raises(SettingsError) as error:
+        build_settings({**BASE, "alert_webhook_url": "https://api.telegram.org/bot123:T0KEN/send Message"})
+    assert "alert_webhook_url: contains ' ': percent-encode them" in str(error.value)
+    assert "T0KEN" not in str(error.value)
+    with pytest.raises(SettingsError) as error:
+        build_settings({**BASE, "alert_webhook_fields": {"chat_id": {1, 2}}})
+    assert "cannot be sent as JSON" in str(error.value)
