@@ -268,7 +268,7 @@ def check_ipv6(addresses: list[str], port: int, timeout: float = TCP_TIMEOUT) ->
             f"The AAAA record points at {', '.join(silent)}, which does not answer on port {port}: Let's Encrypt "
             "validates over IPv6 when a name has one (issuance and renewals fail), and IPv6 clients cannot connect.",
             "Delete the stale AAAA record at your DNS provider, or make the server answer on that address "
-            "(`ip -6 addr`, nginx `listen [::]:PORT ssl;`, `ufw allow PORT/tcp` covers v6).",
+            f"(`ip -6 addr`, nginx `listen [::]:{port} ssl;`; `ufw allow {port}/tcp` covers IPv6 too).",
         )
     ]
 

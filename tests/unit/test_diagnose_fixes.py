@@ -144,6 +144,7 @@ def test_an_ipv6_address_that_does_not_answer_is_reported():
     findings = diagnose.check_ipv6(["127.0.0.1", "::1"], port, timeout=1)
     assert [(f.check, f.severity) for f in findings] == [("dns.ipv6", "error")]
     assert "AAAA record points at ::1" in findings[0].message and "Let's Encrypt" in findings[0].message
+    assert f"listen [::]:{port} ssl;" in findings[0].fix
 
 
 def test_an_answering_ipv6_address_is_ok():
