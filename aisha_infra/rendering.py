@@ -6,6 +6,7 @@ with the same function, so what `nginx -t` checks in the tests is what the hosts
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pyinfra.api.util import get_template
@@ -47,6 +48,9 @@ CERTBOT_ONFAILURE_DROPIN_PATH = "/etc/systemd/system/certbot.service.d/aisha-wat
 NODE_EXPORTER_DEFAULTS_PATH = "/etc/default/prometheus-node-exporter"
 NODE_EXPORTER_PORT = 9100
 REMOTE_JWKS_NAME = "fal-jwks.json"
+# A release (<base>/releases/<id>) holds app/, the unit, the app's environment and the JWKS.
+RELEASE_UNIT_NAME = "aisha-api.service"
+RELEASE_ENV_NAME = "aisha-api.env"
 
 
 def template_path(name: str) -> Path:
@@ -115,13 +119,42 @@ def app_environment(s: Settings) -> dict:
 
 
 def remote_jwks_path(s: Settings) -> str:
-    # beside app/, not in it: the app upload deletes files it does not know
-    return f"{s.aisha_base_dir}/{REMOTE_JWKS_NAME}"
+    # in the release, beside app/ (the code upload deletes files it does not know)
+    return f"{s.current_release_link}/{REMOTE_JWKS_NAME}"
 
 
-def systemd_quote(value: str) -> str:
-    """Escape a value for Environment="NAME=value" (systemd expands % and backslashes)."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+def environment_file_path(s: Settings) -> str:
+    return f"{s.current_release_link}/{RELEASE_ENV_NAME}"
+
+
+# Names whose values are secrets: never in a world-readable file, a diff or a log.
+_SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSW|PASSPHRASE|KEY|CREDENTIAL|AUTH|PRIVATE|COOKIE|DSN", re.I)
+MASK = "********"
+
+
+def looks_secret(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
+
+
+def masked(name: str, value: str) -> str:
+    return MASK if looks_secret(name) else value
+
+
+def environment_file_value(value: str) -> str:
+    """A value as systemd's EnvironmentFile= reads it back verbatim: single quotes take
+    everything literally; a value holding one is double-quoted with \\ escapes."""
+    if "'" not in value:
+        return f"'{value}'"
+    escaped = "".join("\\" + c if c in '\\"$`' else c for c in value)
+    return f'"{escaped}"'
+
+
+def environment_file(s: Settings) -> str:
+    """The app's environment (EnvironmentFile=, 0600 root): values stay out of the unit,
+    which every local user can read (`systemctl show`)."""
+    lines = [f"# {MANAGED_BANNER}"]
+    lines += [f"{name}={environment_file_value(value)}" for name, value in sorted(app_environment(s).items())]
+    return "\n".join(lines) + "\n"
 
 
 def service_context(s: Settings) -> dict:
@@ -130,10 +163,13 @@ def service_context(s: Settings) -> dict:
     fetches_jwks = s.verifies_signatures and not s.fal_jwks_file
     return {
         "service_user": s.aisha_user,
-        "app_dir": s.app_dir,
+        "working_directory": f"{s.current_release_link}/app",
         "command": s.app_command,
-        "environment": {name: systemd_quote(value) for name, value in app_environment(s).items()},
+        "environment_file": environment_file_path(s),
+        # The bundled app tells systemd when it serves: a start that fails fails `systemctl restart`.
+        "notify": s.uses_bundled_app,
         "state_directory": s.aisha_data_dir.removeprefix("/var/lib/"),
+        "ssl_dir": s.ssl_dir,
         "socket_activation": s.uses_socket_activation,
         "private_network": s.uses_bundled_app and s.uses_socket_activation and not fetches_jwks,
     }

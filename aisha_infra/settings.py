@@ -63,6 +63,11 @@ class Settings:
     # Largest webhook body accepted, in bytes (nginx answers 413 beyond, the app too).
     app_max_body_bytes: int = 1024 * 1024
 
+    # --- app releases -----------------------------------------------------------
+    # Releases kept in <base>/releases (the current and the previous one always stay);
+    # `aisha-infra rollback` goes back to the previous one.
+    app_releases_keep: int = 3
+
     # --- fal webhook signatures ------------------------------------------------
     # Verify X-Fal-Webhook-Signature (Ed25519) and reject unsigned deliveries with 401.
     # None = by tls_mode: on for "letsencrypt" (a public server), off for "self-signed" (labs).
@@ -170,7 +175,16 @@ class Settings:
     # --- derived values -----------------------------------------------------------
     @property
     def app_dir(self) -> str:
+        """The running release's code: a link to current/app."""
         return f"{self.aisha_base_dir}/app"
+
+    @property
+    def releases_dir(self) -> str:
+        return f"{self.aisha_base_dir}/releases"
+
+    @property
+    def current_release_link(self) -> str:
+        return f"{self.aisha_base_dir}/current"
 
     @property
     def venv_dir(self) -> str:
@@ -599,6 +613,8 @@ CHECKS = {
     "app_socket_activation": lambda v: None if v is None else _bool_problem(v),
     "app_environment": _app_environment_problem,
     "app_max_body_bytes": _positive_int_problem,
+    "app_releases_keep": lambda v: _positive_int_problem(v) or (
+        None if v >= 2 else f"{v!r} keeps no release to roll back to: use 2 or more"),
     "fal_verify_signatures": lambda v: None if v is None else _bool_problem(v),
     "fal_jwks_url": _https_url_problem,
     "fal_jwks_file": _jwks_file_problem,

@@ -1,45 +1,77 @@
+import hashlib
+from io import StringIO
+
 from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
-from pyinfra.operations.util import any_changed
 
 from aisha_infra import rendering
-from aisha_infra.operations.app import lists_packages, mirrored_directory, requirements_installed, virtualenv
+from aisha_infra.operations.app import (
+    lists_packages,
+    mirrored_directory,
+    release_activated,
+    release_id,
+    requirements_installed,
+    secret_file,
+    virtualenv,
+)
 from aisha_infra.settings import Settings
+
+UPLOAD_EXCLUDE = ["*.pyc", "__pycache__", ".git", ".venv"]
+UPLOAD_EXCLUDE_DIR = ["__pycache__", "*/__pycache__", ".git", ".venv", ".pytest_cache"]
 
 
 @deploy("App")
 def deploy_app(settings: Settings):
+    """Each release (code, unit, environment, JWKS) lands in <base>/releases/<id>, named
+    after its content; it serves only once it came up (else the old one keeps serving)."""
     source = settings.app_source_dir
-    app_code = mirrored_directory(
-        name=f"Upload backend from {source.name}/ to {settings.app_dir}",
+    unit = rendering.render("systemd/aisha-api.service.j2", rendering.service_context(settings))
+    environment = rendering.environment_file(settings)
+    jwks = open(settings.fal_jwks_file, "rb").read() if settings.fal_jwks_file else b""
+    release = release_id(source, UPLOAD_EXCLUDE, UPLOAD_EXCLUDE_DIR, unit, environment, jwks)
+    release_dir = f"{settings.releases_dir}/{release}"
+
+    for path in (settings.releases_dir, release_dir):
+        files.directory(name=f"Create {path}", path=path, user="root", group="root", mode="0755")
+    mirrored_directory(
+        name=f"Upload backend from {source.name}/ to {release_dir}/app",
         src=str(source),
-        dest=settings.app_dir,
+        dest=f"{release_dir}/app",
         user="root",
         group="root",
         mode="0644",
         dir_mode="0755",
-        exclude=["*.pyc", "__pycache__", ".git", ".venv"],
-        exclude_dir=["__pycache__", "*/__pycache__", ".git", ".venv", ".pytest_cache"],
+        exclude=UPLOAD_EXCLUDE,
+        exclude_dir=UPLOAD_EXCLUDE_DIR,
     )
-    uploads = [app_code]
+    secret_file(
+        name=f"Write the app's environment (0600 root) in release {release}",
+        dest=f"{release_dir}/{rendering.RELEASE_ENV_NAME}",
+        content=environment,
+    )
     if settings.fal_jwks_file:  # configuration, not a fact: fixed for the whole run
-        uploads.append(
-            files.put(
-                name="Upload fal's JWKS",
-                src=settings.fal_jwks_file,
-                dest=rendering.remote_jwks_path(settings),
-                user="root",
-                group="root",
-                mode="0644",
-            )
+        files.put(
+            name=f"Upload fal's JWKS to release {release}",
+            src=settings.fal_jwks_file,
+            dest=f"{release_dir}/{rendering.REMOTE_JWKS_NAME}",
+            user="root",
+            group="root",
+            mode="0644",
         )
+    files.put(
+        name=f"Render aisha-api.service for release {release}",
+        src=StringIO(unit),
+        dest=f"{release_dir}/{rendering.RELEASE_UNIT_NAME}",
+        user="root",
+        group="root",
+        mode="0644",
+    )
     venv = virtualenv(name=f"Create virtualenv {settings.venv_dir}", path=settings.venv_dir)
-    requirements = venv  # nothing more to change when the backend needs no packages
     if lists_packages(source / "requirements.txt"):  # the local source: fixed for the run
-        requirements = requirements_installed(
+        requirements_installed(
             name="Install the backend's requirements.txt",
             venv=settings.venv_dir,
-            requirements=f"{settings.app_dir}/requirements.txt",
+            requirements=f"{release_dir}/app/requirements.txt",
             _timeout=settings.pip_timeout,
         )
 
@@ -59,15 +91,7 @@ def deploy_app(settings: Settings):
             enabled=False,
         )
         socket_unit = files.file(name="Remove aisha-api.socket", path=rendering.SOCKET_UNIT_PATH, present=False)
-    service_unit = files.template(
-        name="Render aisha-api.service",
-        **rendering.template_source("systemd/aisha-api.service.j2"),
-        dest=rendering.SERVICE_UNIT_PATH,
-        **rendering.service_context(settings),
-    )
-    units_changed = any_changed(socket_unit, service_unit)
-    systemd.daemon_reload(name="Reload systemd units", _if=units_changed)
-
+    systemd.daemon_reload(name="Reload systemd units", _if=socket_unit.did_change)
     if settings.uses_socket_activation:
         # A new port needs a new socket; the service holds the old one until it stops.
         server.shell(
@@ -75,12 +99,15 @@ def deploy_app(settings: Settings):
             commands=["systemctl stop aisha-api.service aisha-api.socket"],
             _if=socket_unit.did_change,
         )
-    # restarted= only acts on a running service, so a fresh host starts it once, below.
-    systemd.service(
-        name="Restart aisha-api for the new code or unit",
+    release_activated(
+        name=f"Serve release {release} (back to the old one if it does not start)",
+        base=settings.aisha_base_dir,
+        release=release,
+        unit=rendering.SERVICE_UNIT_PATH,
+        unit_sha1=hashlib.sha1(unit.encode()).hexdigest(),
         service="aisha-api.service",
-        restarted=True,
-        _if=any_changed(*uploads, venv, requirements, service_unit),
+        keep=settings.app_releases_keep,
+        legacy_files=[f"{settings.aisha_base_dir}/{rendering.REMOTE_JWKS_NAME}"],
     )
     if settings.uses_socket_activation:
         systemd.service(

@@ -18,10 +18,14 @@ def create_service_user(settings: Settings):
         shell="/usr/sbin/nologin",
     )
     # Code and venv are root's: the service can read but never rewrite itself.
-    for path in (settings.aisha_base_dir, settings.app_dir):
-        files.directory(name=f"Create {path}", path=path, user="root", group="root", mode="0755")
+    # (<base>/app comes with the first release: a link to current/app.)
     files.directory(
-        name=f"Create {settings.ssl_dir}", path=settings.ssl_dir, user=user, group=user, mode="0755"
+        name=f"Create {settings.aisha_base_dir}", path=settings.aisha_base_dir, user="root", group="root", mode="0755"
+    )
+    # Root's too, though the key in it is the service user's: root writes keys there,
+    # and nothing the service user could plant (a link named like the next key) may be in the way.
+    files.directory(
+        name=f"Create {settings.ssl_dir}", path=settings.ssl_dir, user="root", group="root", mode="0755"
     )
     # nginx (root) writes the logs; adm can read them, like /var/log/nginx.
     files.directory(

@@ -6,14 +6,17 @@ import hashlib
 import os
 import shlex
 from fnmatch import fnmatch
+from io import StringIO
 from pathlib import Path
 
-from pyinfra import host, state
-from pyinfra.api import StringCommand, operation
-from pyinfra.facts.files import File, Sha1File
+from pyinfra import host, logger, state
+from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operation
+from pyinfra.facts.files import File, FileContents, Sha1File
 from pyinfra.operations import files
 
+from aisha_infra import rendering
 from aisha_infra.facts.files import DirectoryTree
+from aisha_infra.facts.releases import ReleaseState
 
 
 def wanted_tree(src: Path, user: str, group: str, mode: str, dir_mode: str,
@@ -129,3 +132,139 @@ def requirements_installed(venv: str, requirements: str):
         f"cd {app_dir} && ({python} -m pip --version >/dev/null 2>&1 || {python} -m ensurepip --default-pip) && "
         f"{python} -m pip install --disable-pip-version-check --no-input -r {r} && cp {r} {s}"
     )
+
+
+def release_id(src: Path, exclude: list[str], exclude_dir: list[str], *parts: str | bytes) -> str:
+    """A release's name: the digest of its code (as uploaded) and of every other file it
+    holds, so the same code and configuration always make the same release."""
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(src):
+        base = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames
+                             if not any(fnmatch((base / d).relative_to(src).as_posix(), p) for p in exclude_dir))
+        for name in sorted(filenames):
+            path = base / name
+            if any(fnmatch(str(path), pattern) for pattern in exclude):
+                continue
+            content = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+            digest.update(f"{path.relative_to(src).as_posix()}\0{len(content)}\0".encode() + content)
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        digest.update(f"\0part\0{len(data)}\0".encode() + data)
+    return digest.hexdigest()[:12]
+
+
+def environment_changes(old: str | None, new: str) -> list[str]:
+    """What --diff may show of an environment file: names, and values unless secret."""
+    def pairs(text: str) -> dict[str, str]:
+        return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+
+    before, after = pairs(old or ""), pairs(new)
+    lines = []
+    for name in sorted(before.keys() | after.keys()):
+        if before.get(name) != after.get(name):
+            if name not in after:
+                lines.append(f"- {name}")
+            else:
+                lines.append(f"{'~' if name in before else '+'} {name}={rendering.masked(name, after[name])}")
+    return lines
+
+
+@operation()
+def secret_file(dest: str, content: str):
+    """
+    A root-only file (0600 root:root) whose content never shows: not in --diff (only the
+    names of changed variables, values of secret-looking ones masked), not in the
+    world-readable moment between upload and chmod that files.put has.
+
+    + dest: path on the host, in a directory only root can write
+    + content: the file's text
+    """
+    wanted = hashlib.sha1(content.encode()).hexdigest()
+    if host.get_fact(Sha1File, path=dest) == wanted and (host.get_fact(File, path=dest) or {}).get("mode") == 600:
+        host.noop(f"{dest} is up to date")
+        return
+    if state.config.DIFF:
+        current = host.get_fact(FileContents, path=dest)
+        host.log(f"Will write {dest} (0600 root):", logger.info)
+        for line in environment_changes("\n".join(current) if current else None, content):
+            logger.info("  %s", line)
+    q = shlex.quote(dest)
+    # Uploads go through a file the SSH user writes first (sudo); it is made 0600 before
+    # any content lands in it, and the destination before it is filled.
+    temp = host.get_temp_filename(dest)
+    yield StringCommand(f"install -m 0600 -o \"${{SUDO_USER:-$(id -un)}}\" /dev/null {shlex.quote(temp)} && "
+                        f"install -m 0600 -o root -g root /dev/null {q}.new")
+    yield FileUploadCommand(StringIO(content), f"{dest}.new", remote_temp_filename=temp)
+    yield StringCommand(f"chown root:root {q}.new && chmod 0600 {q}.new && mv -f {q}.new {q} && "
+                        f"rm -f {shlex.quote(temp)}")
+
+
+def activation_script(base: str, release: str, unit: str, service: str, keep: int, settle: int,
+                      legacy_files: list[str]) -> str:
+    """Make `release` current and restart `service` on it; when it does not come up,
+    say why in the app's own words (its journal) and go back to what ran before."""
+    q = shlex.quote
+    new = q(f"releases/{release}")
+    return "\n".join([
+        f"cd {q(base)} || exit 1",
+        f"new={new}; unit={q(unit)}; service={q(service)}",
+        'old=$(readlink current || true); since=$(date +%s)',
+        'saved=.aisha-api.service.before',
+        'if test -f "$unit"; then cp -p "$unit" "$saved"; else rm -f "$saved"; fi',
+        'link() { ln -sfn "$1" .current.new && mv -Tf .current.new current; }',
+        'install_unit() { install -m 0644 -o root -g root "$1" "$unit.new" && mv -f "$unit.new" "$unit" '
+        '&& systemctl daemon-reload; }',
+        # Ready (Type=notify), then still running, not restarted, after a moment.
+        f'started() {{ systemctl restart "$service" && sleep {int(settle)} && systemctl is-active --quiet "$service" '
+        '&& test "$(systemctl show -P NRestarts "$service")" = 0; }',
+        f'if link "$new" && install_unit "$new/{rendering.RELEASE_UNIT_NAME}" && started; then',
+        '  case "$old" in releases/*) test "$old" = "$new" || ln -sfn "$old" previous;; esac',
+        '  touch "$new"',
+        '  if test -d app && ! test -L app; then rm -rf app; fi',
+        '  ln -sfn current/app app',
+        *(f"  rm -f {q(path)}" for path in legacy_files),
+        f'  ls -1t releases | tail -n +{int(keep) + 1} | while read -r name; do',
+        '    case "releases/$name" in "$(readlink current)"|"$(readlink previous)") ;; *) rm -rf "releases/$name";; esac',
+        '  done',
+        '  rm -f "$saved"; echo "release ${new#releases/} is serving"; exit 0',
+        'fi',
+        'echo "aisha-api did not start on release ${new#releases/}; in its own words:" >&2',
+        'sleep 1; journalctl -u "$service" --since "@$since" -o cat -q --no-pager | tail -n 15 | sed "s/^/    /" >&2',
+        'if test -n "$old"; then link "$old"; else rm -f current; fi',
+        'if test -f "$saved"; then install_unit "$saved"; rm -f "$saved"; fi',
+        'if test -n "$old" || test -d app; then',
+        '  if systemctl restart "$service"; then echo "rolled back: ${old:-the previous app} is serving again" >&2;',
+        '  else echo "rolled back to ${old:-the previous app}, which does not start either" >&2; fi',
+        'else systemctl stop "$service"; fi',
+        'exit 1',
+    ])
+
+
+@operation()
+def release_activated(base: str, unit: str, service: str, keep: int, release: str | None = None,
+                      unit_sha1: str | None = None, legacy_files: list[str] | None = None, settle: int = 2):
+    """
+    Run `service` on a release: switch <base>/current to it, install its unit, restart,
+    and check it came up; if not, switch back to the release (and unit) that ran before
+    and fail with the app's own words. Keeps the `keep` newest releases and the previous one.
+
+    + base: the app's base directory (releases/, current, previous, app -> current/app)
+    + unit: the installed unit file (a copy of the release's own)
+    + service: the systemd service to restart
+    + keep: releases to keep
+    + release: the release id; None = the previous release (a rollback)
+    + unit_sha1: SHA1 of the release's unit (known before it is uploaded)
+    + legacy_files: files of the layout before releases, removed once a release serves
+    """
+    facts = host.get_fact(ReleaseState, base=base, unit=unit, release_unit=rendering.RELEASE_UNIT_NAME) or {}
+    if release is None:
+        previous = facts.get("previous", "")
+        if not previous.startswith("releases/"):
+            raise OperationError(f"no previous release in {base}: nothing to roll back to")
+        release, unit_sha1 = previous.removeprefix("releases/"), facts.get("previous_unit_sha1")
+    if (facts.get("current") == f"releases/{release}" and facts.get("unit_sha1") == unit_sha1
+            and facts.get("app") == "link"):
+        host.noop(f"release {release} is current")
+        return
+    yield StringCommand(activation_script(base, release, unit, service, keep, settle, legacy_files or []))

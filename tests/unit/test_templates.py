@@ -130,11 +130,40 @@ def test_units_pass_systemd_analyze_verify(tmp_path, case):
     assert result.returncode == 0 and not ours, result.stderr
 
 
-def test_service_environment_is_quoted_for_systemd():
-    settings = build_settings(SETTINGS_CASES["custom"])
+def test_unit_holds_no_value_of_the_app_environment():
+    """Values go to the 0600 EnvironmentFile: the unit is world-readable (systemctl show)."""
+    settings = build_settings({**SETTINGS_CASES["custom"],
+                               "app_environment": {"API_TOKEN": "s3cr3t-t0ken", "LOG_LEVEL": "debug"}})
     unit = rendering.render("systemd/aisha-api.service.j2", rendering.service_context(settings))
-    assert 'Environment="ODD=a \\"quoted\\" 100%% value"' in unit
+    assert "Environment=" not in unit.replace("EnvironmentFile=", "")
+    assert "s3cr3t-t0ken" not in unit and "debug" not in unit
+    assert "EnvironmentFile=/opt/aisha-backend/current/aisha-api.env" in unit
+    assert "WorkingDirectory=/opt/aisha-backend/current/app" in unit
     assert "ExecStart=/opt/aisha-backend/venv/bin/python -m aisha_webhook_api serve" in unit
+    assert "InaccessiblePaths=-/opt/aisha-backend/ssl" in unit
+    assert "Type=notify" in unit
+
+
+def test_environment_file_holds_every_value_verbatim():
+    settings = build_settings(SETTINGS_CASES["custom"])
+    text = rendering.environment_file(settings)
+    assert "LOG_LEVEL='debug'" in text.splitlines()
+    assert "ODD='a \"quoted\" 100% value'" in text.splitlines()
+    assert "AISHA_API_PORT='9001'" in text.splitlines()
+
+
+@pytest.mark.parametrize("value, line", [
+    ("plain", "'plain'"),
+    ("it's $HOME `x` \\ \"q\"", '"it\'s \\$HOME \\`x\\` \\\\ \\\"q\\\""'),
+])
+def test_environment_file_quoting(value, line):
+    assert rendering.environment_file_value(value) == line
+
+
+def test_secret_looking_names_are_masked():
+    assert rendering.masked("FAL_API_KEY", "abc") == rendering.MASK
+    assert rendering.masked("DB_PASSWORD", "abc") == rendering.MASK
+    assert rendering.masked("LOG_LEVEL", "debug") == "debug"
 
 
 def test_logrotate_and_renewal_hook_render():
