@@ -15,6 +15,7 @@ COMMANDS = {
     "events": "aisha_infra.events",
     "webhook": "aisha_infra.webhook",
     "status": "aisha_infra.status",
+    "rollback": "aisha_infra.rollback",
 }
 
 

@@ -72,6 +72,7 @@ class HostOutcome:
     failure: tuple[str, str] | None = None  # (check, what was wrong)
     health_passes: int = 0
     webhook_ok: bool = False
+    new_release: bool = False  # the deploy switched the host to a new app release
     would_change: list[str] = field(default_factory=list)  # --dry: operation names
     may_change: list[str] = field(default_factory=list)  # --dry: only if an earlier one changes
 
@@ -84,6 +85,7 @@ class StageResult:
     deploy_seconds: float = 0.0
     gate_seconds: float = 0.0
     tolerated: int = 0  # failed hosts --fail-percent let through
+    rolled_back: list[str] = field(default_factory=list)  # hosts put back on their previous release
 
 
 @dataclass(frozen=True)
@@ -378,6 +380,7 @@ class Options:
     rounds: int
     interval: float
     fail_percent: float
+    rollback: bool = True  # a failed stage's hosts go back to their previous app release
 
 
 def deploy_stage(stage: Stage, options: Options, hosts_data: dict[str, dict], settings: dict[str, Settings],
@@ -387,7 +390,11 @@ def deploy_stage(stage: Stage, options: Options, hosts_data: dict[str, dict], se
     started = time.monotonic()
     command = pyinfra_command(options.inventory, stage.name, dry=False)
     echo(f"  deploy: {shown_command(command)}")
-    result.hosts = deploy_outcomes(run_pyinfra(command, echo), stage.hosts)
+    run = run_pyinfra(command, echo)
+    result.hosts = deploy_outcomes(run, stage.hosts)
+    for name in switched_release(run):
+        if name in result.hosts:
+            result.hosts[name].new_release = True
     result.deploy_seconds = time.monotonic() - started
 
     allowed = allowed_failures(len(stage.hosts), options.fail_percent)
@@ -448,9 +455,39 @@ def rollout(stages: list[Stage], options: Options, hosts_data: dict[str, dict], 
                 continue
             results[index] = deploy_stage(stage, options, hosts_data, settings, Path(workdir), echo)
             if results[index].status == "failed":
+                if options.rollback:
+                    roll_back_stage(results[index], options, echo)
                 echo("\n" + stop_message(results))
                 break
     return results
+
+
+# --- automatic rollback of a failed stage ---------------------------------------------------
+
+RELEASE_OPERATION = "App | Serve release "
+
+
+def switched_release(run: PyinfraRun) -> set[str]:
+    """Hosts the deploy put on a new app release (its activation changed something)."""
+    operations = ((run.report or {}).get("results") or {}).get("operations", [])
+    return {name for op in operations if str(op.get("name", "")).startswith(RELEASE_OPERATION)
+            for name in op.get("success", [])}
+
+
+def roll_back_stage(result: StageResult, options: Options, echo: Callable[[str], None]) -> None:
+    """Put the failed hosts that got a new release back on their previous one. (A release
+    that did not even start was already undone by the deploy itself.)"""
+    hosts = [name for name, outcome in result.hosts.items() if outcome.failure and outcome.new_release]
+    if not hosts:
+        echo(f"\n==> Rollback: no failed host of {result.stage.name} got a new release; nothing to roll back")
+        return
+    from aisha_infra.rollback import roll_back  # here: that module imports this one
+
+    echo(f"\n==> Rollback of {result.stage.name}: {', '.join(hosts)} back to the previous release "
+         "(--no-rollback leaves them as they are)")
+    if roll_back(options.inventory, hosts, echo):
+        result.rolled_back = hosts
+        echo(f"  rolled back: {', '.join(hosts)} serve their previous release again")
 
 
 def first_failure(result: StageResult) -> tuple[str, str, str] | None:
@@ -467,6 +504,8 @@ def stop_message(results: list[StageResult]) -> str:
         if outcome.failure:
             check, detail = outcome.failure
             lines.append(f"  {outcome.name} failed {check}: {detail}")
+    if failed.rolled_back:
+        lines.append(f"  Rolled back to their previous release: {', '.join(failed.rolled_back)}.")
     untouched = [r.stage.name for r in results if r.status == "not started"]
     lines.append(f"  Not started (untouched): {', '.join(untouched)}." if untouched else "  It was the last stage.")
     return "\n".join(lines)
@@ -541,8 +580,9 @@ def render_summary(results: list[StageResult], dry: bool, total_seconds: float, 
         failed = next(r for r in results if r.status == "failed")
         name, check, _ = first_failure(failed)
         untouched = [r.stage.name for r in results if r.status == "not started"]
+        rolled_back = f"; rolled back: {', '.join(failed.rolled_back)}" if failed.rolled_back else ""
         lines.append(f"Rollout STOPPED at stage {failed.stage.name} ({name} failed {check}) after "
-                     f"{_seconds(total_seconds)}; untouched: {', '.join(untouched) or 'none'}.")
+                     f"{_seconds(total_seconds)}; untouched: {', '.join(untouched) or 'none'}{rolled_back}.")
     else:
         lines.append(f"Rollout complete in {_seconds(total_seconds)}: every stage passed its gate.")
     return "\n".join(lines)
@@ -573,6 +613,8 @@ def register(subparsers) -> None:
                         help="seconds between health checks (default 10)")
     parser.add_argument("--fail-percent", type=float, default=0, metavar="P",
                         help="share of a stage's hosts allowed to fail, in %% (default 0: none)")
+    parser.add_argument("--no-rollback", dest="rollback", action="store_false",
+                        help="leave a failed stage's hosts on their new release (default: back to the previous one)")
     parser.add_argument("--dry", action="store_true", help="show stages, hosts and what would change; change nothing")
     parser.set_defaults(run=run)
 
@@ -608,7 +650,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     options = Options(args.inventory, gate_rounds(args.checks, args.soak, args.interval), args.interval,
-                      args.fail_percent)
+                      args.fail_percent, args.rollback)
     staged = {name for stage in stages for name in stage.hosts}
     echo(f"Rollout{' (dry run)' if args.dry else ''}: {len(stages)} stage(s) from {args.inventory}; "
          f"gate: {options.rounds} health check(s) per host {args.interval:g} s apart, then a webhook POST; "

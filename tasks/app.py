@@ -122,3 +122,14 @@ def deploy_app(settings: Settings):
         running=True,
         enabled=True,
     )
+
+
+@deploy("Rollback")
+def roll_back_app(settings: Settings):
+    release_activated(
+        name="Serve the previous release (back to the current one if it does not start)",
+        base=settings.aisha_base_dir,
+        unit=rendering.SERVICE_UNIT_PATH,
+        service="aisha-api.service",
+        keep=settings.app_releases_keep,
+    )

@@ -230,7 +230,7 @@ def activation_script(base: str, release: str, unit: str, service: str, keep: in
         '  rm -f "$saved"; echo "release ${new#releases/} is serving"; exit 0',
         'fi',
         'echo "aisha-api did not start on release ${new#releases/}; in its own words:" >&2',
-        'sleep 1; journalctl -u "$service" --since "@$since" -o cat -q --no-pager | tail -n 15 | sed "s/^/    /" >&2',
+        'sleep 1; journalctl "_SYSTEMD_UNIT=$service" --since "@$since" -o cat -q --no-pager | tail -n 12 | sed "s/^/    /" >&2',
         'if test -n "$old"; then link "$old"; else rm -f current; fi',
         'if test -f "$saved"; then install_unit "$saved"; rm -f "$saved"; fi',
         'if test -n "$old" || test -d app; then',

@@ -1,0 +1,15 @@
+"""Go back to each host's previous app release, in one step:
+`pyinfra inventory.py rollback.py [--limit GROUP]` (what `aisha-infra rollback` runs).
+
+Validates the settings like deploy.py, then switches <base>/current to the previous
+release and restarts the app on it (socket activation holds connections meanwhile).
+"""
+
+from pyinfra import host
+
+from aisha_infra.config import validate_inventory
+from tasks.app import roll_back_app
+
+settings = validate_inventory(host.state)[host.name]
+
+roll_back_app(settings)
