@@ -30,10 +30,13 @@ GATE = ["--soak", "2", "--checks", "2", "--interval", "1"]
 # The bundled app cannot create its data directory and exits: a failure only the host
 # shows (values its config check refuses are stopped on the control machine).
 BROKEN_APP = {"app_environment": {"AISHA_DATA_DIR": "/nonexistent/aisha"}}
+# Starts and answers /health, but refuses every webhook body (413): only the gate sees it.
+REFUSING_APP = {"app_environment": {"AISHA_MAX_BODY_BYTES": "1"}, "verify_enabled": False}
+CURRENT_RELEASE = "readlink /opt/aisha-backend/current"
 # What a deploy would touch, and whether anything restarted.
 SNAPSHOT = (
     f"sha256sum {SERVICE_UNIT_PATH} {SOCKET_UNIT_PATH} {NGINX_SITE_PATH}; "
-    "find /opt/aisha-backend/app -type f -print0 | sort -z | xargs -0 sha256sum; "
+    "readlink /opt/aisha-backend/current; find /opt/aisha-backend/app/ -type f -print0 | sort -z | xargs -0 sha256sum; "
     "for unit in nginx.service aisha-api.socket aisha-api.service; do "
     "  echo $unit $(systemctl show -p ActiveState,MainPID,ActiveEnterTimestampMonotonic --value $unit); "
     "done"
@@ -147,29 +150,36 @@ def test_second_rollout_changes_nothing(fleet):
 
 def test_canary_whose_deploy_fails_stops_before_production(fleet):
     before = [snapshot(host) for host in fleet.production]
+    release = fleet.canary.run(CURRENT_RELEASE).stdout
     run = run_rollout(fleet.hosts_file(BROKEN_APP), *GATE)
     assert run.returncode == 1, run.output[-6000:]
-    # The deploy's own end-of-run verification already sees the app down.
+    # The new release did not start: the deploy put the old one back and says why.
     assert f"Rollout STOPPED at stage canary:\n  {fleet.canary.name} failed deploy: " in run.output
-    assert "HTTPS health check failed" in run.output
+    assert "aisha-api did not start on release" in run.output and "/nonexistent" in run.output
+    assert "nothing to roll back" in run.output
     assert "Not started (untouched): production." in run.output
     assert "==> Stage 2/2" not in run.output
     for host in fleet.production:
         assert f"  {host.name}  not started" in run.summary()
     assert [snapshot(host) for host in fleet.production] == before
-    assert not serves_health(fleet.canary, fleet.work)
-    assert all(serves_health(host, fleet.work) for host in fleet.production)
+    assert fleet.canary.run(CURRENT_RELEASE).stdout == release
+    assert all(serves_health(host, fleet.work) for host in fleet.hosts)
 
 
-def test_canary_that_fails_only_the_gate_stops_before_production(fleet):
+def test_canary_that_fails_only_the_gate_is_rolled_back_before_production(fleet):
     before = [snapshot(host) for host in fleet.production]
+    release = fleet.canary.run(CURRENT_RELEASE).stdout
     # Without the deploy's own verification, pyinfra succeeds: only the gate can stop it.
-    run = run_rollout(fleet.hosts_file({**BROKEN_APP, "verify_enabled": False}), *GATE)
+    run = run_rollout(fleet.hosts_file(REFUSING_APP), *GATE)
     assert run.returncode == 1, run.output[-6000:]
-    assert f"Rollout STOPPED at stage canary:\n  {fleet.canary.name} failed https-health: " in run.output
+    assert f"Rollout STOPPED at stage canary:\n  {fleet.canary.name} failed webhook-post: " in run.output
+    assert f"Rolled back to their previous release: {fleet.canary.name}." in run.output
     assert "Not started (untouched): production." in run.output
     line = next(line for line in run.summary().splitlines() if line.startswith(f"  {fleet.canary.name} "))
-    assert "gate FAILED: https-health" in line and "deploy FAILED" not in line
+    assert "gate FAILED: webhook-post" in line and "deploy FAILED" not in line
+    assert f"rolled back: {fleet.canary.name}." in run.summary()
+    assert fleet.canary.run(CURRENT_RELEASE).stdout == release
+    assert serves_health(fleet.canary, fleet.work)
     assert [snapshot(host) for host in fleet.production] == before
 
 
@@ -189,5 +199,5 @@ def test_fail_percent_tolerates_a_broken_production_host(fleet):
     healthy_line = next(line for line in summary.splitlines() if line.startswith(f"  {healthy.name} "))
     assert "FAILED" in broken_line, broken_line
     assert "gate passed" in healthy_line, healthy_line
-    assert serves_health(fleet.canary, fleet.work) and serves_health(healthy, fleet.work)
-    assert not serves_health(broken, fleet.work)
+    # and the broken host's new release never replaced its working one
+    assert all(serves_health(host, fleet.work) for host in fleet.hosts)
