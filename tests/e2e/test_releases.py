@@ -62,13 +62,13 @@ class ReleaseHost:
 
 @pytest.fixture(scope="module")
 def release_host(lab, tmp_path_factory) -> ReleaseHost:
-    """A host deployed by main's layout before releases (the code at the commit that
-    introduced them, from git), to be migrated by the tests."""
+    """A host deployed with the layout before releases (the code just before the commit
+    that introduced them, from git), to be migrated by the tests."""
     work = tmp_path_factory.mktemp("releases")
     legacy = work / "legacy"
     legacy.mkdir()
-    commit = subprocess.run(["git", "-C", str(PROJECT_ROOT), "log", "-1", "--format=%H", "--",
-                             "tests/e2e/test_releases.py"], capture_output=True, text=True, check=True).stdout.strip()
+    commit = subprocess.run(["git", "-C", str(PROJECT_ROOT), "log", "--diff-filter=A", "--format=%H", "--",
+                             "aisha_infra/facts/releases.py"], capture_output=True, text=True, check=True).stdout.split()[-1]
     archive = subprocess.run(["git", "-C", str(PROJECT_ROOT), "archive", f"{commit}~1"], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(legacy)], input=archive.stdout, check=True)
     host = lab.add_hosts(count=1)[0]
