@@ -536,3 +536,48 @@ def test_must_run_in_the_project_directory(project, monkeypatch, capsys):
 @pytest.mark.parametrize(("seconds", "shown"), [(6.34, "6.3 s"), (119.6, "119.6 s"), (176.7, "2 min 57 s"), (179.6, "3 min 0 s")])
 def test_durations_read_naturally(seconds, shown):
     assert rollout._seconds(seconds) == shown
+
+
+# --- automatic rollback of a failed stage ----------------------------------------------------
+
+def test_hosts_switched_to_a_new_release_come_from_pyinfras_results():
+    report = results([op("App | Serve release 0123456789ab (back to the old one if it does not start)",
+                         success=["web-1"], no_change=["web-2"]),
+                      op("Nginx | Render the webhook site", success=["web-3"])])
+    assert rollout.switched_release(PyinfraRun(0, report, [])) == {"web-1"}
+    assert rollout.switched_release(PyinfraRun(1, None, [])) == set()
+
+
+def failed_stage(new_release: bool) -> rollout.StageResult:
+    result = rollout.StageResult(Stage("canary", ("web-1",)), status="failed")
+    result.hosts = {"web-1": HostOutcome("web-1", failure=("webhook-post", "answered 413"), new_release=new_release)}
+    return result
+
+
+def test_a_failed_host_on_a_new_release_is_rolled_back_and_the_summary_says_so(monkeypatch):
+    calls = []
+    monkeypatch.setattr("aisha_infra.rollback.roll_back", lambda inventory, hosts, echo: calls.append(hosts) or True)
+    result = failed_stage(new_release=True)
+    later = rollout.StageResult(Stage("production", ("web-2",)))
+    rollout.roll_back_stage(result, rollout.Options("inventory.py", 1, 1, 0), print)
+    assert calls == [["web-1"]] and result.rolled_back == ["web-1"]
+    assert "Rolled back to their previous release: web-1." in rollout.stop_message([result, later])
+    summary = rollout.render_summary([result, later], dry=False, total_seconds=1)
+    assert "untouched: production; rolled back: web-1." in summary
+
+
+def test_a_host_whose_new_release_never_served_is_not_rolled_back_twice(monkeypatch):
+    monkeypatch.setattr("aisha_infra.rollback.roll_back", lambda *args: pytest.fail("rolled back"))
+    lines = []
+    result = failed_stage(new_release=False)
+    rollout.roll_back_stage(result, rollout.Options("inventory.py", 1, 1, 0), lines.append)
+    assert "nothing to roll back" in lines[0] and result.rolled_back == []
+
+
+def test_rollback_runs_pyinfra_with_the_rollback_deploy_per_limit():
+    from aisha_infra.rollback import rollback_command
+
+    command = rollback_command("inventory.py", ["canary", "web-9"])
+    assert command[1:] == ["-y", "inventory.py", "rollback.py", "--json", "--limit", "canary", "--limit", "web-9"]
+    assert cli.build_parser().parse_args(["rollout", "--no-rollback"]).rollback is False
+    assert cli.build_parser().parse_args(["rollout"]).rollback is True
