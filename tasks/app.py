@@ -94,9 +94,11 @@ def deploy_app(settings: Settings):
     systemd.daemon_reload(name="Reload systemd units", _if=socket_unit.did_change)
     if settings.uses_socket_activation:
         # A new port needs a new socket; the service holds the old one until it stops.
+        # (A new host has no service unit yet: its first release brings it.)
         server.shell(
             name="Move aisha-api to its new socket",
-            commands=["systemctl stop aisha-api.service aisha-api.socket"],
+            commands=["systemctl stop aisha-api.socket && if systemctl cat aisha-api.service >/dev/null 2>&1; "
+                      "then systemctl stop aisha-api.service; fi"],
             _if=socket_unit.did_change,
         )
     release_activated(
