@@ -44,7 +44,9 @@ def self_signed_certificate(domain: str, cert: str, key: str, owner: str, days: 
         return
 
     c, k, o = shlex.quote(cert), shlex.quote(key), shlex.quote(f"{owner}:{owner}")
-    # Generate beside the live files, then rename: nginx never sees half a pair.
+    # Generate beside the live files, then rename: nginx never sees half a pair. The
+    # directory is root's (tasks/service_user.py), so no one else can plant `<key>.new`;
+    # umask 077: the key is never readable by others, not even before its chmod.
     yield StringCommand(
         "umask 077 && "
         f"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 "
@@ -52,6 +54,6 @@ def self_signed_certificate(domain: str, cert: str, key: str, owner: str, days: 
         f"-addext {shlex.quote('subjectAltName=DNS:' + domain)} "
         f"-addext extendedKeyUsage=serverAuth "
         f"-keyout {k}.new -out {c}.new 2>&1 && "
-        f"chown {o} {k}.new {c}.new && chmod 0600 {k}.new && chmod 0644 {c}.new && "
+        f"chown -h {o} {k}.new {c}.new && chmod 0600 {k}.new && chmod 0644 {c}.new && "
         f"mv -f {k}.new {k} && mv -f {c}.new {c}"
     )
