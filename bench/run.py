@@ -182,7 +182,9 @@ def noop_floor_script(settings) -> str:
         "dpkg-query -W -f='${Package} ${Status}\\n' " + " ".join(PACKAGES),
         f"getent group {q(s.aisha_user)}; getent passwd {q(s.aisha_user)}; id -gn {q(s.aisha_user)}",
         "stat -c '%n %U %G %a' " + " ".join(q(p) for p in owned),
-        f"find {q(s.app_dir)} -type f -exec sha1sum {{}} + | sort",  # files.sync, extra files too
+        f"find {q(s.app_dir)}/ -type f -exec sha1sum {{}} + | sort",  # files.sync, extra files too
+        # the release that serves, and its unit and environment
+        f"readlink {q(s.current_release_link)}; sha1sum {q(s.current_release_link)}/aisha-api.*",
         "sha1sum " + " ".join(q(p) for p in rendered),
         f"test -e {q(s.venv_dir)}/bin/activate && echo venv ok",
         f"readlink {q(rendering.NGINX_SITE_LINK)}; test -e /etc/nginx/sites-enabled/default || echo no default site",
