@@ -218,11 +218,12 @@ def activation_script(base: str, release: str, unit: str, service: str, keep: in
         # Ready (Type=notify), then still running, not restarted, after a moment.
         f'started() {{ systemctl restart "$service" && sleep {int(settle)} && systemctl is-active --quiet "$service" '
         '&& test "$(systemctl show -P NRestarts "$service")" = 0; }',
-        f'if link "$new" && install_unit "$new/{rendering.RELEASE_UNIT_NAME}" && started; then',
+        # <base>/app (commands may name it) follows current; the old layout's directory
+        # stays aside until the release serves.
+        'if test -d app && ! test -L app; then rm -rf .app.before && mv app .app.before; fi',
+        f'if link "$new" && ln -sfn current/app app && install_unit "$new/{rendering.RELEASE_UNIT_NAME}" && started; then',
         '  case "$old" in releases/*) test "$old" = "$new" || ln -sfn "$old" previous;; esac',
-        '  touch "$new"',
-        '  if test -d app && ! test -L app; then rm -rf app; fi',
-        '  ln -sfn current/app app',
+        '  touch "$new"; rm -rf .app.before',
         *(f"  rm -f {q(path)}" for path in legacy_files),
         f'  ls -1t releases | tail -n +{int(keep) + 1} | while read -r name; do',
         '    case "releases/$name" in "$(readlink current)"|"$(readlink previous)") ;; *) rm -rf "releases/$name";; esac',
@@ -232,6 +233,7 @@ def activation_script(base: str, release: str, unit: str, service: str, keep: in
         'echo "aisha-api did not start on release ${new#releases/}; in its own words:" >&2',
         'sleep 1; journalctl "_SYSTEMD_UNIT=$service" --since "@$since" -o cat -q --no-pager | tail -n 12 | sed "s/^/    /" >&2',
         'if test -n "$old"; then link "$old"; else rm -f current; fi',
+        'if test -d .app.before; then rm -f app && mv .app.before app; fi',
         'if test -f "$saved"; then install_unit "$saved"; rm -f "$saved"; fi',
         'if test -n "$old" || test -d app; then',
         '  if systemctl restart "$service"; then echo "rolled back: ${old:-the previous app} is serving again" >&2;',
