@@ -137,7 +137,24 @@ def test_a_release_that_cannot_start_leaves_the_old_one_serving(release_host):
     assert release_host.host.run("systemctl show -P NRestarts aisha-api.service").stdout.strip() == "0"
 
 
-class PlainStream:
+@pytest.mark.parametrize("bad, cause", [
+    ({"app_environment": {**ENVIRONMENT, "AISHA_REQUEST_TIMEOUT": "0"}}, "AISHA_REQUEST_TIMEOUT"),
+    ({"fal_verify_signatures": True, "fal_jwks_file": "EMPTY_JWKS"}, "AISHA_FAL_JWKS_FILE"),
+])
+def test_a_bad_app_value_leaves_the_old_app_serving(release_host, bad, cause):
+    """Refused by the app on the host (or, once the settings check knows the app's rules,
+    before it): either way the run fails naming the cause, and the old release serves."""
+    before = release_host.current()
+    if bad.get("fal_jwks_file") == "EMPTY_JWKS":
+        jwks = release_host.work / "empty-jwks.json"
+        jwks.write_text('{"keys": []}')
+        bad = {**bad, "fal_jwks_file": str(jwks)}
+    run = run_deploy(release_host.hosts_file("bad-value", **bad))
+    assert run.returncode != 0 and cause in run.output, run.output[-3000:]
+    assert release_host.current() == before and release_host.healthy()
+
+
+
     """Unsigned webhooks from a few kept-alive connections until stopped (bounded)."""
 
     def __init__(self, release_host: ReleaseHost) -> None:
