@@ -1,5 +1,6 @@
 import hashlib
 from io import StringIO
+from pathlib import Path
 
 from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
@@ -27,7 +28,7 @@ def deploy_app(settings: Settings):
     source = settings.app_source_dir
     unit = rendering.render("systemd/aisha-api.service.j2", rendering.service_context(settings))
     environment = rendering.environment_file(settings)
-    jwks = open(settings.fal_jwks_file, "rb").read() if settings.fal_jwks_file else b""
+    jwks = Path(settings.fal_jwks_file).read_bytes() if settings.fal_jwks_file else b""
     release = release_id(source, UPLOAD_EXCLUDE, UPLOAD_EXCLUDE_DIR, unit, environment, jwks)
     release_dir = f"{settings.releases_dir}/{release}"
 
