@@ -139,7 +139,7 @@ def test_a_release_that_cannot_start_leaves_the_old_one_serving(release_host):
 
 @pytest.mark.parametrize("bad, cause", [
     ({"app_environment": {**ENVIRONMENT, "AISHA_REQUEST_TIMEOUT": "0"}}, "AISHA_REQUEST_TIMEOUT"),
-    ({"fal_verify_signatures": True, "fal_jwks_file": "EMPTY_JWKS"}, "AISHA_FAL_JWKS_FILE"),
+    ({"fal_verify_signatures": True, "fal_jwks_file": "EMPTY_JWKS"}, "JWKS"),
 ])
 def test_a_bad_app_value_leaves_the_old_app_serving(release_host, bad, cause):
     """Refused by the app on the host (or, once the settings check knows the app's rules,
@@ -154,7 +154,7 @@ def test_a_bad_app_value_leaves_the_old_app_serving(release_host, bad, cause):
     assert release_host.current() == before and release_host.healthy()
 
 
-
+class PlainStream:
     """Unsigned webhooks from a few kept-alive connections until stopped (bounded)."""
 
     def __init__(self, release_host: ReleaseHost) -> None:
