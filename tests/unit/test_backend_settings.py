@@ -28,7 +28,7 @@ def test_signature_verification_defaults_by_tls_mode(data, verifies):
 def test_verification_with_a_local_jwks_needs_no_network(tmp_path):
     _, jwks = write_test_key(tmp_path)
     settings = build_settings({"aisha_domain": "hooks.example.org", **LETSENCRYPT, "fal_jwks_file": str(jwks)})
-    assert rendering.app_environment(settings)["AISHA_FAL_JWKS_FILE"] == "/opt/aisha-backend/fal-jwks.json"
+    assert rendering.app_environment(settings)["AISHA_FAL_JWKS_FILE"] == "/opt/aisha-backend/current/fal-jwks.json"
     assert rendering.service_context(settings)["private_network"] is True
 
 
