@@ -4,8 +4,6 @@ delivery is lost, or stored twice, while redeploys restart the app under load.""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import threading
 import time
@@ -18,9 +16,9 @@ from pathlib import Path
 import pytest
 import urllib3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from aisha_infra.lab import LabHost
+from aisha_infra.webhook import public_jwk, signature_headers
 from tests.e2e import client
 from tests.e2e.conftest import DOMAIN
 from tests.e2e.deploylib import DeployRun, run_deploy, write_hosts_file
@@ -57,21 +55,12 @@ STREAM_TAIL_SECONDS = 5  # deliveries after the last redeploy is done
 
 
 def jwk(private_key: Ed25519PrivateKey) -> dict:
-    raw = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return {"kty": "OKP", "crv": "Ed25519", "kid": "e2e",
-            "x": base64.urlsafe_b64encode(raw).decode().rstrip("=")}
+    return public_jwk(private_key, kid="e2e")
 
 
 def signed_headers(private_key: Ed25519PrivateKey, request_id: str, body: bytes) -> dict:
-    """fal's four headers: the signature covers request id, user id, time and body hash."""
-    timestamp = str(int(time.time()))
-    message = "\n".join((request_id, FAL_USER, timestamp, hashlib.sha256(body).hexdigest()))
-    return {
-        "X-Fal-Webhook-Request-Id": request_id,
-        "X-Fal-Webhook-User-Id": FAL_USER,
-        "X-Fal-Webhook-Timestamp": timestamp,
-        "X-Fal-Webhook-Signature": private_key.sign(message.encode()).hex(),
-    }
+    """fal's four headers, signed as `aisha-infra webhook send` signs them."""
+    return signature_headers(private_key, request_id, body, user_id=FAL_USER)
 
 
 def host_settings(work: Path, **overrides) -> dict:
