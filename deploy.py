@@ -12,7 +12,7 @@ from tasks.app import deploy_app
 from tasks.backup import remove_backups, restore_events, schedule_backups
 from tasks.connection import send_without_delay
 from tasks.firewall import configure_firewall
-from tasks.letsencrypt import obtain_certificate
+from tasks.letsencrypt import insist_on_letsencrypt, obtain_certificate
 from tasks.nginx import configure_site
 from tasks.packages import install_packages
 from tasks.service_user import create_service_user
@@ -47,3 +47,5 @@ if settings.watch_enabled:
     deploy_watch(settings)
 else:
     stop_watch(settings)
+if settings.tls_mode == "letsencrypt":
+    insist_on_letsencrypt(settings)

@@ -1,3 +1,4 @@
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 
@@ -52,6 +53,8 @@ def obtain_certificate(settings: Settings):
         webroot=rendering.ACME_WEBROOT,
         ca_bundle_remote=ca_bundle,
         on_failure=settings.letsencrypt_on_failure,
+        timeout=settings.letsencrypt_timeout,
+        known_addresses=[settings.endpoint_address(host.name, host.data)],
     )
     snippet = point_site_at_certificate(settings, name="Serve the Let's Encrypt certificate once it exists")
     systemd.service(
@@ -61,3 +64,14 @@ def obtain_certificate(settings: Settings):
         _if=snippet.did_change,
     )
     systemd.service(name="Renew automatically (certbot.timer)", service="certbot.timer", running=True, enabled=True)
+
+
+@deploy("Let's Encrypt")
+def insist_on_letsencrypt(settings: Settings):
+    """Last step of the run: the host is set up and verified (serving the self-signed
+    certificate when issuance failed) before a degraded run fails it."""
+    letsencrypt.issued_as_asked(
+        name="The certificate asked for is the one served",
+        names=settings.letsencrypt_domains,
+        on_failure=settings.letsencrypt_on_failure,
+    )

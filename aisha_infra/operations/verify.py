@@ -17,7 +17,7 @@ from pyinfra.api import FunctionCommand, operation
 from pyinfra.facts.files import FileContents
 
 from aisha_infra import health, tlscheck
-from aisha_infra.operations.letsencrypt import ISSUANCE_FAILURES
+from aisha_infra.operations.letsencrypt import ISSUANCE_FAILURES, fail_host
 
 EXPIRY_WARNING_DAYS = 21
 # `systemctl reload nginx` returns before old workers hand over: allow them this long.
@@ -52,13 +52,6 @@ def _fetch_certificate(path: str) -> str | None:
     pem = Path(_FETCHED.name) / f"{host.name}-{Path(path).name}"
     pem.write_text("\n".join(lines) + "\n")
     return str(pem)
-
-
-def _fail_host(state, host, message: str) -> bool:
-    """A failed check fails this host only; the other hosts of the run carry on
-    (an exception here would abort the whole run). pyinfra passes state and host."""
-    logger.error(f"{host.print_prefix}{message}")
-    return False
 
 
 def _report_certificate(address: str, domain: str, port: int, deadline: float) -> None:
@@ -106,7 +99,7 @@ def https_endpoint(
 
     trust = _fetch_certificate(pinned_cert) if pinned_cert else ca_bundle
     if pinned_cert and trust is None:
-        yield FunctionCommand(_fail_host, (f"cannot verify TLS: {pinned_cert} is missing on the host",), {})
+        yield FunctionCommand(fail_host, (f"cannot verify TLS: {pinned_cert} is missing on the host",), {})
         return
     ok, detail = _settled_health(address, domain, port, trust, deadline)
 
@@ -121,7 +114,7 @@ def https_endpoint(
 
     if not ok:
         detail += over_time if time.monotonic() >= deadline else ""
-        yield FunctionCommand(_fail_host, (f"HTTPS health check failed for https://{domain}:{port}/health via {address}: {detail}",), {})
+        yield FunctionCommand(fail_host, (f"HTTPS health check failed for https://{domain}:{port}/health via {address}: {detail}",), {})
         return
     logger.info(f"{host.print_prefix}HTTPS health OK: {detail}")
 
@@ -130,7 +123,7 @@ def https_endpoint(
                                                timeout=_request_timeout(deadline))
         if not ok:
             detail += over_time if time.monotonic() >= deadline else ""
-            yield FunctionCommand(_fail_host, (f"webhook POST check failed via {address}: {detail}",), {})
+            yield FunctionCommand(fail_host, (f"webhook POST check failed via {address}: {detail}",), {})
             return
         logger.info(f"{host.print_prefix}Webhook POST OK: {detail}")
 
