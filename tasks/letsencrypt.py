@@ -1,6 +1,9 @@
+from pathlib import Path
+
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
+from pyinfra.operations.util import any_changed
 
 from aisha_infra import rendering
 from aisha_infra.operations import letsencrypt
@@ -45,6 +48,17 @@ def obtain_certificate(settings: Settings):
         mode="0755",
         **rendering.renewal_hook_context(settings),
     )
+    retry_units = [
+        files.template(
+            name=f"Retry a reload the renewal hook could not do: {Path(dest).name}",
+            **rendering.template_source(f"systemd/{Path(dest).name}.j2"),
+            dest=dest,
+            **rendering.renewal_hook_context(settings),
+        )
+        for dest in (rendering.RELOAD_RETRY_SERVICE_PATH, rendering.RELOAD_RETRY_TIMER_PATH)
+    ]
+    systemd.daemon_reload(name="Load the retry units", _if=any_changed(*retry_units))
+    systemd.service(name="Run the retry timer", service="aisha-nginx-reload-retry.timer", running=True, enabled=True)
     letsencrypt.certificate(
         name=f"Certificate for {', '.join(settings.letsencrypt_domains)} (HTTP-01, webroot)",
         names=settings.letsencrypt_domains,

@@ -1,12 +1,20 @@
 from pyinfra import host
 from pyinfra.api import deploy
 
-from aisha_infra.operations.verify import https_endpoint
+from aisha_infra import rendering
+from aisha_infra.operations.verify import expect_summary, https_endpoint, serves_configured_certificate
 from aisha_infra.settings import Settings
 
 
 @deploy("Verify")
 def verify_endpoint(settings: Settings):
+    expect_summary(host.state, settings.webhook_url)
+    serves_configured_certificate(
+        name="nginx serves the certificate its configuration names (else nginx -t, reload)",
+        port=settings.nginx_https_port,
+        domain=settings.aisha_domain,
+        config=rendering.NGINX_CERT_SNIPPET_PATH,
+    )
     address = settings.endpoint_address(host.name, host.data)
     https_endpoint(
         name=f"HTTPS health and webhook from the control machine (via {address})",

@@ -1,8 +1,10 @@
-"""End-of-run proof, from the control machine: HTTPS health and the webhook path.
+"""End-of-run proof: nginx serves the certificate its configuration names, and, from
+the control machine, HTTPS health and the webhook path.
 
-The check runs while the deploy executes (after every change before it) and yields
-no command, so a converged host still reports zero changes. A failed check fails
-the host with a message that says what failed and how to fix it.
+The checks run while the deploy executes (after every change before them) and yield
+no command when all is well, so a converged host still reports zero changes. A failed
+check fails the host with a message that says what failed and how to fix it. After
+pyinfra's results table, one summary line per host says what fal will see.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import datetime
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, operation
+from pyinfra.api import FunctionCommand, StringCommand, operation
+from pyinfra.api.state import BaseStateCallback
 from pyinfra.facts.files import FileContents
 
 from aisha_infra import health, tlscheck
+from aisha_infra.facts.tls import ServedCertificate
 from aisha_infra.operations.letsencrypt import ISSUANCE_FAILURES, fail_host
 
 EXPIRY_WARNING_DAYS = 21
@@ -54,13 +59,59 @@ def _fetch_certificate(path: str) -> str | None:
     return str(pem)
 
 
-def _report_certificate(address: str, domain: str, port: int, deadline: float) -> None:
+@dataclass
+class HostSummary:
+    """What the end of the run says about one host."""
+
+    webhook_url: str
+    tls: str = "NOT VERIFIED"
+    issuer: str = "-"
+    days_left: int | None = None
+    health: str = "not checked"
+
+    def line(self, name: str, failed: bool) -> str:
+        health = self.health
+        if failed and health == "not checked":
+            health = "not checked (the run failed on this host before the check)"
+        days = "-" if self.days_left is None else str(self.days_left)
+        return (f"[{name}] TLS {self.tls} | issuer {self.issuer} | {days} days left | health {health} | "
+                f"give fal: {self.webhook_url}")
+
+
+# Host name -> its summary; filled by https_endpoint, printed by RunSummary.
+SUMMARIES: dict[str, HostSummary] = {}
+
+
+class RunSummary(BaseStateCallback):
+    """Prints each host's summary line after pyinfra's results table: pyinfra disconnects
+    from the hosts after printing it (also after a run that stopped early), so these are
+    the last lines a CI log or cron mail shows."""
+
+    @staticmethod
+    def host_disconnect(state, host):
+        summary = SUMMARIES.get(host.name)
+        if summary is None:
+            return
+        failed = host in state.failed_hosts
+        log = logger.error if failed else logger.warning if summary.tls != "OK" else logger.info
+        log(f"aisha-infra summary {summary.line(host.name, failed)}")
+
+
+def expect_summary(state, webhook_url: str) -> None:
+    """Announce this host's summary line (printed once the run ends), once per run."""
+    SUMMARIES[host.name] = HostSummary(webhook_url)
+    if not any(isinstance(handler, RunSummary) for handler in state.callback_handlers):
+        state.add_callback_handler(RunSummary())
+
+
+def _report_certificate(address: str, domain: str, port: int, deadline: float, summary: HostSummary) -> None:
     served = tlscheck.fetch_served_chain(address, port, domain, timeout=_request_timeout(deadline))
     if not served.certs:
         return
     leaf = served.certs[0]
     days = (leaf.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)).days
-    line = (f"{host.print_prefix}Certificate: issuer {leaf.issuer.rfc4514_string()}, "
+    summary.issuer, summary.days_left = leaf.issuer.rfc4514_string(), days
+    line = (f"{host.print_prefix}Certificate: issuer {summary.issuer}, "
             f"{len(served.certs)} certificate(s) sent, expires in {days} days")
     (logger.warning if days < EXPIRY_WARNING_DAYS else logger.info)(line)
 
@@ -96,6 +147,7 @@ def https_endpoint(
         return  # change detection: nothing is deployed yet, so nothing to prove
     deadline = time.monotonic() + timeout
     over_time = f" (the verify step's limit, verify_timeout = {timeout:g} s, is used up)"
+    summary = SUMMARIES.setdefault(host.name, HostSummary(webhook_url))
 
     trust = _fetch_certificate(pinned_cert) if pinned_cert else ca_bundle
     if pinned_cert and trust is None:
@@ -114,6 +166,7 @@ def https_endpoint(
 
     if not ok:
         detail += over_time if time.monotonic() >= deadline else ""
+        summary.health = "FAILED (/health)"
         yield FunctionCommand(fail_host, (f"HTTPS health check failed for https://{domain}:{port}/health via {address}: {detail}",), {})
         return
     logger.info(f"{host.print_prefix}HTTPS health OK: {detail}")
@@ -123,18 +176,42 @@ def https_endpoint(
                                                timeout=_request_timeout(deadline))
         if not ok:
             detail += over_time if time.monotonic() >= deadline else ""
+            summary.health = "FAILED (webhook POST)"
             yield FunctionCommand(fail_host, (f"webhook POST check failed via {address}: {detail}",), {})
             return
         logger.info(f"{host.print_prefix}Webhook POST OK: {detail}")
+    summary.health = "OK"
 
-    _report_certificate(address, domain, port, deadline)
+    _report_certificate(address, domain, port, deadline, summary)
     if degraded:
+        summary.tls = "DEGRADED (self-signed: Let's Encrypt issuance failed)"
         logger.warning(
             f"{host.print_prefix}TLS state: DEGRADED - serving the self-signed certificate, "
             f"which fal will not trust, because Let's Encrypt issuance failed: {degraded}"
         )
     else:
+        summary.tls = "OK"
         logger.info(f"{host.print_prefix}TLS state: OK")
     logger.info(f"{host.print_prefix}FAL_WEBHOOK_URL={webhook_url}")
     host.noop(f"verified https://{domain}:{port}/health and the webhook path")
     yield from ()  # an operation is a generator, even one that never changes anything
+
+
+@operation()
+def serves_configured_certificate(port: int, domain: str, config: str):
+    """
+    nginx serves the certificate its configuration names. It loads certificates only when
+    it (re)loads, so a renewal whose reload was refused (a broken include at the time) keeps
+    the old one in memory until it expires; a mismatch is repaired by a tested reload.
+
+    + port: HTTPS port, asked on 127.0.0.1 on the host
+    + domain: SNI
+    + config: the snippet naming ssl_certificate
+    """
+    state = host.get_fact(ServedCertificate, port=port, domain=domain, config=config)
+    if state is None or state["served"] == state["configured"]:
+        host.noop("nginx serves the configured certificate" if state else "nothing served yet to compare")
+        return
+    logger.info(f"{host.print_prefix}nginx serves certificate {state['served'][:16]}..., its configuration names "
+                f"{state['configured'][:16]}... ({state['path']}): reloading")
+    yield StringCommand("nginx -t -q && systemctl reload nginx.service")

@@ -94,7 +94,6 @@ class ConnectedHost(FakeHost):
         super().__init__(facts)
         self.current_op_global_arguments = global_arguments
         self.output, self.ran, self.connector_arguments = output, [], []
-        self.print_prefix = "[fakehost] "
 
     def run_shell_command(self, command, print_output=False, print_input=False, **arguments):
         self.connector_arguments.append(dict(arguments))
