@@ -3,12 +3,13 @@ the control machine, HTTPS health and the webhook path.
 
 The checks run while the deploy executes (after every change before them) and yield
 no command when all is well, so a converged host still reports zero changes. A failed
-check fails the host with a message that says what failed and how to fix it. After
-pyinfra's results table, one summary line per host says what fal will see.
+check fails the host with a message that says what failed and how to fix it. The last
+lines of the run are one summary per host: what fal will see.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import tempfile
 import time
@@ -17,7 +18,6 @@ from pathlib import Path
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
-from pyinfra.api.state import BaseStateCallback
 from pyinfra.facts.files import FileContents
 
 from aisha_infra import health, tlscheck
@@ -78,30 +78,27 @@ class HostSummary:
                 f"give fal: {self.webhook_url}")
 
 
-# Host name -> its summary; filled by https_endpoint, printed by RunSummary.
+# Host name -> its summary; filled by https_endpoint, printed when the run ends.
 SUMMARIES: dict[str, HostSummary] = {}
 
 
-class RunSummary(BaseStateCallback):
-    """Prints each host's summary line after pyinfra's results table: pyinfra disconnects
-    from the hosts after printing it (also after a run that stopped early), so these are
-    the last lines a CI log or cron mail shows."""
-
-    @staticmethod
-    def host_disconnect(state, host):
-        summary = SUMMARIES.get(host.name)
-        if summary is None:
-            return
-        failed = host in state.failed_hosts
-        log = logger.error if failed else logger.warning if summary.tls != "OK" else logger.info
-        log(f"aisha-infra summary {summary.line(host.name, failed)}")
+def print_summaries(state) -> None:
+    """One line per host, as the very last lines of the run: after pyinfra's results table
+    and after its own closing error (a run whose every host failed stops with "No hosts
+    remaining!" and prints no table), so a CI log or cron mail showing the tail sees them."""
+    if not state.is_executing:
+        return  # --dry, or stopped before anything ran: nothing to report
+    failed = {host.name for host in state.failed_hosts}
+    for name, summary in SUMMARIES.items():
+        log = logger.error if name in failed else logger.warning if summary.tls != "OK" else logger.info
+        log(f"aisha-infra summary {summary.line(name, name in failed)}")
 
 
 def expect_summary(state, webhook_url: str) -> None:
-    """Announce this host's summary line (printed once the run ends), once per run."""
+    """Announce this host's summary line; the first host arranges the printing."""
+    if not SUMMARIES:
+        atexit.register(print_summaries, state)  # runs before logging's own shutdown (LIFO)
     SUMMARIES[host.name] = HostSummary(webhook_url)
-    if not any(isinstance(handler, RunSummary) for handler in state.callback_handlers):
-        state.add_callback_handler(RunSummary())
 
 
 def _report_certificate(address: str, domain: str, port: int, deadline: float, summary: HostSummary) -> None:

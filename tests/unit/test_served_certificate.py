@@ -152,11 +152,8 @@ def test_summary_line_says_what_fal_will_see():
 
 
 class FakeState:
-    def __init__(self, failed=()):
-        self.callback_handlers, self.failed_hosts = [], set(failed)
-
-    def add_callback_handler(self, handler):
-        self.callback_handlers.append(handler)
+    def __init__(self, failed=(), is_executing=True):
+        self.failed_hosts, self.is_executing = {NamedHost(name) for name in failed}, is_executing
 
 
 class NamedHost:
@@ -164,19 +161,17 @@ class NamedHost:
         self.name = name
 
 
-def test_summary_is_printed_when_pyinfra_disconnects(caplog, monkeypatch):
-    state, degraded, broken = FakeState(), NamedHost("web-1"), NamedHost("web-2")
-    state.failed_hosts = {degraded, broken}
+def test_summaries_are_printed_at_the_end_of_a_run(caplog, monkeypatch):
     monkeypatch.setattr(verify, "SUMMARIES", {
-        "web-1": verify.HostSummary(URL, tls="DEGRADED (self-signed: Let's Encrypt issuance failed)", health="OK"),
-        "web-2": verify.HostSummary(URL),
+        "web-1": verify.HostSummary(URL, tls="OK", issuer="CN=R11", days_left=80, health="OK"),
+        "web-2": verify.HostSummary(URL, tls="DEGRADED (self-signed: Let's Encrypt issuance failed)", health="OK"),
+        "web-3": verify.HostSummary(URL),
     })
-    handler = verify.RunSummary()
     with caplog.at_level(logging.INFO, logger="pyinfra"):
-        handler.host_disconnect(state, degraded)
-        handler.host_disconnect(state, broken)
-        handler.host_disconnect(state, NamedHost("not-ours"))
+        verify.print_summaries(FakeState(failed=["web-2", "web-3"]))
+        verify.print_summaries(FakeState(is_executing=False))  # --dry: nothing to say
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 2 and all(r.levelno == logging.ERROR for r in caplog.records)
-    assert lines[0].startswith("aisha-infra summary [web-1] TLS DEGRADED") and "health OK" in lines[0]
-    assert "health not checked (the run failed" in lines[1]
+    assert [r.levelno for r in caplog.records] == [logging.INFO, logging.ERROR, logging.ERROR]
+    assert lines[0] == f"aisha-infra summary [web-1] TLS OK | issuer CN=R11 | 80 days left | health OK | give fal: {URL}"
+    assert lines[1].startswith("aisha-infra summary [web-2] TLS DEGRADED") and "health OK" in lines[1]
+    assert "health not checked (the run failed" in lines[2]
