@@ -109,7 +109,6 @@ def certbot_command(names, email, server, webroot, ca_bundle_remote, timeout: in
     )
 
 
-
 def _issue(state, host, command: str, names, server, timeout, on_failure, host_addresses, connection: dict):
     """Run certbot through the connector exactly as a yielded command would run
     (`connection`: the operation's connector arguments, so _sudo, _sudo_password,
