@@ -183,7 +183,9 @@ def test_renewal_nginx_refused_is_served_by_the_retry_timer_once_fixed(scenario)
     assert served_certificate(scenario.host.address).serial_number == before
     scenario.host.run("rm -f /etc/nginx/conf.d/broken.conf")
     scenario.host.run(retry)
-    assert wait_for_new_serial(scenario, before) != before
+    journal = scenario.host.run("journalctl -u aisha-nginx-reload-retry.service -u nginx.service --no-pager | tail -20; "
+                                "tail -5 /var/log/nginx/error.log", check=False).stdout
+    assert wait_for_new_serial(scenario, before) != before, journal
     assert scenario.host.run(f"test -e {RELOAD_PENDING}", check=False).returncode != 0
 
 
