@@ -2,6 +2,7 @@
 when needed; certbot runs through the connection exactly as the operation says (_sudo ...)."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from pyinfra.api import FunctionCommand, StringCommand
@@ -12,6 +13,7 @@ from pyinfra.facts.hardware import Ipv4Addrs, Ipv6Addrs
 from aisha_infra.facts.tls import CertificateState
 from aisha_infra.operations import letsencrypt
 from aisha_infra.operations.letsencrypt import certificate_problem, explain_failure
+from aisha_infra.settings import SettingsError, build_settings
 from tests.unit.fakehost import FakeHost
 
 NAMES = ["aibots.test", "www.aibots.test"]
@@ -150,3 +152,36 @@ def test_certbot_command_is_a_string_command_pyinfra_can_wrap():
     command = letsencrypt.certbot_command(NAMES, "ops@aibots.test", SERVER, "/w", "/ca.pem", 300)
     wrapped = make_unix_command(StringCommand(command), _sudo=True).get_raw_value()
     assert wrapped.startswith("sudo -H -n sh -c") and "REQUESTS_CA_BUNDLE=/ca.pem timeout" in wrapped
+
+
+@pytest.mark.parametrize("override, words", [
+    ({"letsencrypt_timeout": 0}, "letsencrypt_timeout: 0 is not a positive integer"),
+    ({"letsencrypt_on_failure": "stop"}, "letsencrypt_on_failure: 'stop' is unknown; use one of 'fail', 'degrade'"),
+])
+def test_letsencrypt_failure_settings_are_validated(override, words):
+    with pytest.raises(SettingsError) as error:
+        build_settings({"aisha_domain": "aibots.test", **override})
+    assert words in str(error.value)
+
+
+def test_a_degraded_run_fails_unless_asked_not_to():
+    settings = build_settings({"aisha_domain": "aibots.test"})
+    assert settings.letsencrypt_on_failure == "fail" and settings.letsencrypt_timeout == 300
+
+
+@pytest.mark.parametrize("failure, on_failure, fails", [
+    ("port 80 closed", "fail", True),
+    ("port 80 closed", "degrade", False),
+    (None, "fail", False),
+])
+def test_the_last_step_fails_a_degraded_host_by_default(failure, on_failure, fails, monkeypatch):
+    host = FakeHost({})
+    host.state = SimpleNamespace(is_executing=True)
+    monkeypatch.setattr(letsencrypt, "ISSUANCE_FAILURES", {host.name: failure} if failure else {})
+    with ctx_host.use(host):
+        commands = list(letsencrypt.issued_as_asked._inner(names=NAMES, on_failure=on_failure))
+    assert [c.function for c in commands] == ([letsencrypt.fail_host] if fails else [])
+    assert bool(host.noops) != fails
+    if fails:
+        [message] = commands[0].args
+        assert "TLS DEGRADED" in message and "port 80 closed" in message and "letsencrypt_on_failure='degrade'" in message
