@@ -88,7 +88,7 @@ def print_summaries(state) -> None:
     remaining!" and prints no table), so a CI log or cron mail showing the tail sees them."""
     if not state.is_executing:
         return  # --dry, or stopped before anything ran: nothing to report
-    failed = {host.name for host in state.failed_hosts}
+    failed = {failed_host.name for failed_host in state.failed_hosts}
     for name, summary in SUMMARIES.items():
         log = logger.error if name in failed else logger.warning if summary.tls != "OK" else logger.info
         log(f"aisha-infra summary {summary.line(name, name in failed)}")
