@@ -71,8 +71,8 @@ class HostSummary:
 
     def line(self, name: str, failed: bool) -> str:
         health = self.health
-        if failed and health == "not checked":
-            health = "not checked (the run failed on this host before the check)"
+        if health == "not checked":
+            health += " (the run failed on this host before the check)" if failed else " (verify_enabled=False)"
         days = "-" if self.days_left is None else str(self.days_left)
         return (f"[{name}] TLS {self.tls} | issuer {self.issuer} | {days} days left | health {health} | "
                 f"give fal: {self.webhook_url}")

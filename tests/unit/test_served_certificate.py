@@ -149,6 +149,7 @@ def test_summary_line_says_what_fal_will_see():
         f"[web-1] TLS OK | issuer CN=Pebble Intermediate | 89 days left | health OK | give fal: {URL}")
     early = verify.HostSummary(URL).line("web-2", failed=True)
     assert "TLS NOT VERIFIED" in early and "the run failed on this host before the check" in early
+    assert "health not checked (verify_enabled=False)" in verify.HostSummary(URL).line("web-3", failed=False)
 
 
 class FakeState:
