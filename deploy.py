@@ -12,12 +12,12 @@ from tasks.app import deploy_app
 from tasks.backup import remove_backups, restore_events, schedule_backups
 from tasks.connection import send_without_delay
 from tasks.firewall import configure_firewall
-from tasks.letsencrypt import obtain_certificate
+from tasks.letsencrypt import insist_on_letsencrypt, obtain_certificate
 from tasks.nginx import configure_site
 from tasks.packages import install_packages
 from tasks.service_user import create_service_user
 from tasks.tls import ensure_certificates
-from tasks.verify import verify_endpoint
+from tasks.verify import announce_summary, verify_endpoint
 from tasks.watch import deploy_watch, stop_watch
 
 # Every host's settings and system are checked before the first operation anywhere.
@@ -25,6 +25,7 @@ settings = validate_inventory(host.state)[host.name]
 check_supported_systems(host.state)
 
 send_without_delay()
+announce_summary(settings)
 
 install_packages(settings)
 create_service_user(settings)
@@ -47,3 +48,5 @@ if settings.watch_enabled:
     deploy_watch(settings)
 else:
     stop_watch(settings)
+if settings.tls_mode == "letsencrypt":
+    insist_on_letsencrypt(settings)

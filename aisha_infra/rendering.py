@@ -31,6 +31,12 @@ RENEWAL_HOOK_PATH = "/etc/letsencrypt/renewal-hooks/deploy/aisha-reload-nginx.sh
 BACKUP_SERVICE_PATH = "/etc/systemd/system/aisha-backup.service"
 BACKUP_TIMER_PATH = "/etc/systemd/system/aisha-backup.timer"
 BACKUP_STAGING_DIRECTORY = "aisha-backup"  # below /run, the backup service's RuntimeDirectory
+# A renewal hook whose reload nginx refused leaves this flag; the retry timer clears it.
+# In /run: after a reboot nginx starts with the current certificate anyway.
+RELOAD_PENDING_FLAG = "/run/aisha-nginx-reload-pending"
+RELOAD_RETRY_SERVICE_PATH = "/etc/systemd/system/aisha-nginx-reload-retry.service"
+RELOAD_RETRY_TIMER_PATH = "/etc/systemd/system/aisha-nginx-reload-retry.timer"
+RELOAD_RETRY_MINUTES = 5
 ACME_WEBROOT = "/var/www/aisha-acme"
 NGINX_ERROR_LOG = "/var/log/nginx/error.log"
 # The on-host watch (tasks/watch.py): program, configuration, results.
@@ -184,7 +190,12 @@ def logrotate_context(s: Settings) -> dict:
 
 
 def renewal_hook_context(s: Settings) -> dict:
-    return {}
+    return {
+        "reload_pending_flag": RELOAD_PENDING_FLAG,
+        "retry_timer": Path(RELOAD_RETRY_TIMER_PATH).name,
+        "renewal_hook": RENEWAL_HOOK_PATH,
+        "retry_minutes": RELOAD_RETRY_MINUTES,
+    }
 
 
 def backup_service_context(s: Settings) -> dict:

@@ -105,8 +105,11 @@ class Settings:
     # tar.gz of /etc/letsencrypt from the host this one replaces (`aisha-infra certs export`):
     # restored when the host has no certificate yet, so nothing is re-issued.
     letsencrypt_restore_archive: str | None = None
-    # Issuance failed: "degrade" keeps serving self-signed and reports it, "fail" stops.
-    letsencrypt_on_failure: str = "degrade"
+    # Issuance failed: the host keeps serving the self-signed certificate either way;
+    # "fail" ends the run with an error (exit 1), "degrade" reports it and ends with success.
+    letsencrypt_on_failure: str = "fail"
+    # Seconds certbot may take to obtain a certificate before it is stopped.
+    letsencrypt_timeout: int = 300
 
     # --- firewall --------------------------------------------------------------
     # Manage ufw: allow SSH, HTTP and HTTPS only, deny everything else incoming.
@@ -630,7 +633,8 @@ CHECKS = {
     "letsencrypt_ca_bundle": _pem_bundle_problem,
     "letsencrypt_extra_domains": _domain_list_problem,
     "letsencrypt_restore_archive": _file_problem,
-    "letsencrypt_on_failure": _one_of("degrade", "fail"),
+    "letsencrypt_on_failure": _one_of("fail", "degrade"),
+    "letsencrypt_timeout": _positive_int_problem,
     "firewall_enabled": _bool_problem,
     "ssh_port": _port_problem,
     "verify_enabled": _bool_problem,

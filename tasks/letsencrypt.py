@@ -1,5 +1,9 @@
+from pathlib import Path
+
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
+from pyinfra.operations.util import any_changed
 
 from aisha_infra import rendering
 from aisha_infra.operations import letsencrypt
@@ -44,6 +48,17 @@ def obtain_certificate(settings: Settings):
         mode="0755",
         **rendering.renewal_hook_context(settings),
     )
+    retry_units = [
+        files.template(
+            name=f"Retry a reload the renewal hook could not do: {Path(dest).name}",
+            **rendering.template_source(f"systemd/{Path(dest).name}.j2"),
+            dest=dest,
+            **rendering.renewal_hook_context(settings),
+        )
+        for dest in (rendering.RELOAD_RETRY_SERVICE_PATH, rendering.RELOAD_RETRY_TIMER_PATH)
+    ]
+    systemd.daemon_reload(name="Load the retry units", _if=any_changed(*retry_units))
+    systemd.service(name="Run the retry timer", service="aisha-nginx-reload-retry.timer", running=True, enabled=True)
     letsencrypt.certificate(
         name=f"Certificate for {', '.join(settings.letsencrypt_domains)} (HTTP-01, webroot)",
         names=settings.letsencrypt_domains,
@@ -52,6 +67,8 @@ def obtain_certificate(settings: Settings):
         webroot=rendering.ACME_WEBROOT,
         ca_bundle_remote=ca_bundle,
         on_failure=settings.letsencrypt_on_failure,
+        timeout=settings.letsencrypt_timeout,
+        known_addresses=[settings.endpoint_address(host.name, host.data)],
     )
     snippet = point_site_at_certificate(settings, name="Serve the Let's Encrypt certificate once it exists")
     systemd.service(
@@ -61,3 +78,14 @@ def obtain_certificate(settings: Settings):
         _if=snippet.did_change,
     )
     systemd.service(name="Renew automatically (certbot.timer)", service="certbot.timer", running=True, enabled=True)
+
+
+@deploy("Let's Encrypt")
+def insist_on_letsencrypt(settings: Settings):
+    """Last step of the run: the host is set up and verified (serving the self-signed
+    certificate when issuance failed) before a degraded run fails it."""
+    letsencrypt.issued_as_asked(
+        name="The certificate asked for is the one served",
+        names=settings.letsencrypt_domains,
+        on_failure=settings.letsencrypt_on_failure,
+    )

@@ -1,12 +1,24 @@
 from pyinfra import host
 from pyinfra.api import deploy
 
-from aisha_infra.operations.verify import https_endpoint
+from aisha_infra import rendering
+from aisha_infra.operations.verify import expect_summary, https_endpoint, serves_configured_certificate
 from aisha_infra.settings import Settings
+
+
+def announce_summary(settings: Settings):
+    """Every host gets a summary line at the end of the run, verified or not."""
+    expect_summary(host.state, settings.webhook_url)
 
 
 @deploy("Verify")
 def verify_endpoint(settings: Settings):
+    serves_configured_certificate(
+        name="nginx serves the certificate its configuration names (else nginx -t, reload)",
+        port=settings.nginx_https_port,
+        domain=settings.aisha_domain,
+        config=rendering.NGINX_CERT_SNIPPET_PATH,
+    )
     address = settings.endpoint_address(host.name, host.data)
     https_endpoint(
         name=f"HTTPS health and webhook from the control machine (via {address})",

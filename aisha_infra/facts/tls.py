@@ -70,3 +70,53 @@ class CertificateState(FactBase):
         if key_pub is not None:
             info["key_matches"] = key_pub != empty and key_pub == cert_pub
         return info
+
+
+# Long enough for the workers of a reload made earlier in the run to hand over.
+SERVED_SETTLE_TRIES, SERVED_SETTLE_INTERVAL = 20, 0.5
+
+_SERVED_VS_CONFIGURED = r"""
+path=$(sed -n 's/^[[:space:]]*ssl_certificate[[:space:]][[:space:]]*\([^;]*\);.*/\1/p' {config} | head -n 1)
+[ -n "$path" ] && [ -r "$path" ] || exit 0
+fingerprint() {{ openssl x509 -noout -fingerprint -sha256 2>/dev/null | cut -d= -f2; }}
+configured=$(fingerprint < "$path")
+tries=0
+while :; do
+    served=$(timeout 5 openssl s_client -connect 127.0.0.1:{port} -servername {domain} </dev/null 2>/dev/null | fingerprint)
+    if [ -z "$served" ] || [ "$served" = "$configured" ] || [ "$tries" -ge {tries} ]; then break; fi
+    tries=$((tries + 1)); sleep {interval}
+done
+[ -n "$served" ] || exit 0
+echo "path=$path"; echo "configured=$configured"; echo "served=$served"
+"""
+
+
+class ServedCertificate(FactBase):
+    """
+    The certificate nginx serves on 127.0.0.1:`port` for SNI `domain` and the one its
+    `config` (the file with ssl_certificate) names, as SHA-256 fingerprints; None when
+    nothing is served or the file names none. A difference is read again for a few
+    seconds before it counts (a reload made just before is still handing over).
+
+    .. code:: python
+
+        {"path": "/etc/letsencrypt/live/aibots.test/fullchain.pem", "configured": "AB:..", "served": "CD:.."}
+    """
+
+    requires_command = "openssl"
+
+    def command(self, port: int, domain: str, config: str) -> str:
+        return _SERVED_VS_CONFIGURED.format(
+            config=shlex.quote(config), port=int(port), domain=shlex.quote(domain),
+            tries=SERVED_SETTLE_TRIES, interval=SERVED_SETTLE_INTERVAL,
+        ).strip()
+
+    @staticmethod
+    def default():
+        return None
+
+    def process(self, output):
+        values = dict(line.strip().split("=", 1) for line in output if "=" in line)
+        if not {"path", "configured", "served"} <= values.keys():
+            return None
+        return {key: values[key] for key in ("path", "configured", "served")}

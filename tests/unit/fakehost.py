@@ -7,6 +7,8 @@ from pyinfra.context import ctx_host
 
 
 class FakeHost:
+    print_prefix = "[fakehost] "
+
     def __init__(self, facts: dict):
         self.facts = facts  # {(FactClass, frozenset(kwargs.items())) or FactClass: value}
         self.noops: list[str] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from pyinfra.api import FunctionCommand, operation
 
-from aisha_infra.operations import accounts, app, apt, nginx, tls, ufw, verify
+from aisha_infra.operations import accounts, app, apt, letsencrypt, nginx, tls, ufw, verify
 from aisha_infra.rendering import certificate_snippet_context, site_context
 from aisha_infra.settings import build_settings
 from tests.unit.recording import Recorded, record_operation
@@ -56,6 +56,12 @@ OPERATIONS = {
     "ufw.default_policy": (ufw.default_policy, lambda tmp: dict(
         direction="incoming", policy="deny"), {}),
     "ufw.enabled": (ufw.enabled, lambda tmp: {}, {}),
+    # certbot itself runs in a FunctionCommand that passes the connector arguments on
+    "letsencrypt.certificate": (letsencrypt.certificate, lambda tmp: dict(
+        names=["a.test"], email="ops@a.test", server="https://acme.test/dir", webroot="/var/www/aisha-acme"), {}),
+    "verify.serves_configured_certificate": (verify.serves_configured_certificate, lambda tmp: dict(
+        port=8443, domain="a.test", config="/etc/nginx/snippets/aisha-webhook-certificate.conf"),
+        {"ssl_certificate": ["path=/c.pem", "configured=AA:01", "served=BB:02"]}),
     # the certificate to trust is read from the host (a fact) before anything is checked
     "verify.https_endpoint": (verify.https_endpoint, lambda tmp: dict(
         address="127.0.0.1", domain="a.test", port=8443, webhook_url="https://a.test:8443/x",
