@@ -200,6 +200,9 @@ def test_up_twice_reuses_healthy_hosts_and_replaces_dead_ones(make_lab):
 
     stale_entries = recorded_entries(lab)
     os.kill(first.pid, signal.SIGKILL)  # one host dies: the next up starts over
+    deadline = time.monotonic() + 10  # the kill is delivered asynchronously
+    while process_state(first.pid) not in ("gone", "Z") and time.monotonic() < deadline:
+        time.sleep(0.05)
     replaced = lab.up(count=2)
     assert len(replaced) == 2 and first.pid not in {h.pid for h in replaced}
     for host in replaced:
