@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-HOST_PACKAGES := debootstrap systemd-container iptables nginx-light pebble openssl
+HOST_PACKAGES := debootstrap systemd-container iptables nginx-light pebble openssl openssh-client curl
 
 .PHONY: demo test test-unit venv host-tools demo-down bench
 
