@@ -107,15 +107,21 @@ def test_letsencrypt_site_serves_every_name():
     assert "server_name hooks.example.org www.hooks.example.org;" in site
 
 
+def backend_home(tmp_path: Path) -> Path:
+    """A stand-in for /opt/aisha-backend: ExecStart must point at an executable for
+    `systemd-analyze verify` to pass."""
+    base = tmp_path / "opt"
+    (base / "venv" / "bin").mkdir(parents=True)
+    (base / "app").mkdir()
+    (base / "venv" / "bin" / "python").symlink_to(shutil.which("python3"))
+    return base
+
+
 @pytest.mark.parametrize("case", ["defaults", "custom"])
 def test_units_pass_systemd_analyze_verify(tmp_path, case):
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze is not installed")
-    base = tmp_path / "opt"
-    (base / "venv" / "bin").mkdir(parents=True)
-    (base / "app").mkdir()
-    # ExecStart must point at an executable for verify to pass.
-    (base / "venv" / "bin" / "python").symlink_to(shutil.which("python3"))
+    base = backend_home(tmp_path)
     settings = build_settings({**SETTINGS_CASES[case], "aisha_base_dir": str(base)})
     units = tmp_path / "units"
     units.mkdir()
@@ -185,10 +191,7 @@ def test_site_uses_the_http2_directive_on_newer_nginx():
 def test_backup_units_pass_systemd_analyze_verify(tmp_path, extra):
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze is not installed")
-    base = tmp_path / "opt"
-    (base / "venv" / "bin").mkdir(parents=True)
-    (base / "app").mkdir()
-    (base / "venv" / "bin" / "python").symlink_to(shutil.which("python3"))
+    base = backend_home(tmp_path)
     settings = build_settings({"aisha_domain": "aibots.test", "aisha_base_dir": str(base), **extra})
     units = tmp_path / "units"
     units.mkdir()
