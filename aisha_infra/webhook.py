@@ -13,7 +13,6 @@ X-Fal-Webhook-Request-Id, -User-Id, -Timestamp and -Signature headers.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json

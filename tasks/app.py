@@ -67,7 +67,7 @@ def deploy_app(settings: Settings):
         group="root",
         mode="0644",
     )
-    venv = virtualenv(name=f"Create virtualenv {settings.venv_dir}", path=settings.venv_dir)
+    virtualenv(name=f"Create virtualenv {settings.venv_dir}", path=settings.venv_dir)
     if lists_packages(source / "requirements.txt"):  # the local source: fixed for the run
         requirements_installed(
             name="Install the backend's requirements.txt",

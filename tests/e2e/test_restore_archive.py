@@ -5,7 +5,6 @@ the test PKI, so nothing would be issued even if one answered)."""
 
 from __future__ import annotations
 
-import json
 import socket
 import ssl
 

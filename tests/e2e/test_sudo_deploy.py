@@ -5,7 +5,6 @@ order: deploy and idempotence, rollout, diagnose --inventory, certs export."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import stat

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.unit import certfactory
-from tests.unit.letsencrypt_lineage import (chardev, dir_, file_, hardlink, lineage_members, symlink,
+from tests.unit.letsencrypt_lineage import (chardev, file_, hardlink, lineage_members, symlink,
                                             write_archive)
 
 DOMAIN = "aibots.test"  # group_data/all.py's
