@@ -5,18 +5,22 @@ from aisha_infra.operations.accounts import system_user
 from aisha_infra.settings import Settings
 
 
-@deploy("Service user")
-def create_service_user(settings: Settings):
-    user = settings.aisha_user
+def create_system_account(user: str, home: str):
+    """A system group and a user of it with no login shell; its home is recorded, not created."""
     server.group(name=f"Create system group {user}", group=user, system=True)
-    # Its home is not created: the directory below is root's, not the user's.
     system_user(
         name=f"Create system user {user} (no login shell)",
         user=user,
         group=user,
-        home=settings.aisha_base_dir,
+        home=home,
         shell="/usr/sbin/nologin",
     )
+
+
+@deploy("Service user")
+def create_service_user(settings: Settings):
+    # Its home is not created: the directory is root's, not the user's.
+    create_system_account(settings.aisha_user, home=settings.aisha_base_dir)
     # Code and venv are root's: the service can read but never rewrite itself.
     # (<base>/app comes with the first release: a link to current/app.)
     files.directory(

@@ -8,8 +8,8 @@ from pyinfra.operations.util import any_changed
 
 from aisha_infra import rendering
 from aisha_infra.onhost import aisha_watch
-from aisha_infra.operations.accounts import system_user
 from aisha_infra.settings import Settings
+from tasks.service_user import create_system_account
 
 
 def metrics_firewall_rules(settings: Settings) -> list[str]:
@@ -22,15 +22,7 @@ def metrics_firewall_rules(settings: Settings) -> list[str]:
 def deploy_watch(settings: Settings):
     """The on-host watch: aisha-watch.timer runs the checker as an unprivileged user;
     certbot's failures start it at once; node_exporter exports its results (opt-in)."""
-    user = rendering.WATCH_USER
-    server.group(name=f"Create system group {user}", group=user, system=True)
-    system_user(
-        name=f"Create system user {user} (no login shell)",
-        user=user,
-        group=user,
-        home=rendering.WATCH_STATE_DIR,
-        shell="/usr/sbin/nologin",
-    )
+    create_system_account(rendering.WATCH_USER, home=rendering.WATCH_STATE_DIR)
     script = files.put(
         name=f"Install the checker {rendering.WATCH_SCRIPT_PATH}",
         src=aisha_watch.__file__,
