@@ -7,18 +7,18 @@ and Let's Encrypt's HTTP-01 challenge needs nginx and port 80 up first.
 
 from pyinfra import host
 
-from aisha_infra.config import check_supported_systems, validate_inventory
-from tasks.app import deploy_app
-from tasks.backup import remove_backups, restore_events, schedule_backups
-from tasks.connection import send_without_delay
-from tasks.firewall import configure_firewall
-from tasks.letsencrypt import insist_on_letsencrypt, obtain_certificate
-from tasks.nginx import configure_site
-from tasks.packages import install_packages
-from tasks.service_user import create_service_user
-from tasks.tls import ensure_certificates
-from tasks.verify import announce_summary, verify_endpoint
-from tasks.watch import deploy_watch, stop_watch
+from aisha_infra.deploy.config import check_supported_systems, validate_inventory
+from aisha_infra.tasks.app import deploy_app
+from aisha_infra.tasks.backup import remove_backups, restore_events, schedule_backups
+from aisha_infra.tasks.connection import send_without_delay
+from aisha_infra.tasks.firewall import configure_firewall
+from aisha_infra.tasks.letsencrypt import insist_on_letsencrypt, obtain_certificate
+from aisha_infra.tasks.nginx import configure_site
+from aisha_infra.tasks.packages import install_packages
+from aisha_infra.tasks.service_user import create_service_user
+from aisha_infra.tasks.tls import ensure_certificates
+from aisha_infra.tasks.verify import announce_summary, verify_endpoint
+from aisha_infra.tasks.watch import deploy_watch, stop_watch
 
 # Every host's settings and system are checked before the first operation anywhere.
 settings = validate_inventory(host.state)[host.name]

@@ -7,8 +7,8 @@ release and restarts the app on it (socket activation holds connections meanwhil
 
 from pyinfra import host
 
-from aisha_infra.config import validate_inventory
-from tasks.app import roll_back_app
+from aisha_infra.deploy.config import validate_inventory
+from aisha_infra.tasks.app import roll_back_app
 
 settings = validate_inventory(host.state)[host.name]
 

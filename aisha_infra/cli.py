@@ -8,14 +8,14 @@ import sys
 
 # sub-command -> module providing register(subparsers) and run(args) -> int
 COMMANDS = {
-    "lab": "aisha_infra.lab",
-    "diagnose": "aisha_infra.diagnose",
-    "rollout": "aisha_infra.rollout",
-    "certs": "aisha_infra.certs",
-    "events": "aisha_infra.events",
-    "webhook": "aisha_infra.webhook",
-    "status": "aisha_infra.status",
-    "rollback": "aisha_infra.rollback",
+    "lab": "aisha_infra.lab.hosts",
+    "diagnose": "aisha_infra.tools.diagnose",
+    "rollout": "aisha_infra.tools.rollout",
+    "certs": "aisha_infra.tools.certs",
+    "events": "aisha_infra.tools.events",
+    "webhook": "aisha_infra.tools.webhook",
+    "status": "aisha_infra.tools.status",
+    "rollback": "aisha_infra.tools.rollback",
 }
 
 

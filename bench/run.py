@@ -42,10 +42,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aisha_infra import health, rendering  # noqa: E402
-from aisha_infra.lab import Lab, LabHost  # noqa: E402
-from aisha_infra.settings import build_settings  # noqa: E402
-from tasks.packages import PACKAGES  # noqa: E402
+from aisha_infra.checks import health  # noqa: E402
+from aisha_infra.deploy import rendering  # noqa: E402
+from aisha_infra.lab.hosts import Lab, LabHost  # noqa: E402
+from aisha_infra.deploy.settings import build_settings  # noqa: E402
+from aisha_infra.tasks.packages import PACKAGES  # noqa: E402
 from tests.e2e.deploylib import PYINFRA, DeployRun, write_hosts_file  # noqa: E402
 
 LAB_NAME = "bench"

@@ -1,5 +1,5 @@
 # Settings for every host. Each key, its default and what it does:
-# aisha_infra/settings.py (and README.md). Override per group in
+# aisha_infra/deploy/settings.py (and README.md). Override per group in
 # group_data/<group>.py or per host in the hosts file.
 
 # The public DNS name fal will call. The lab's default; set yours for real servers.

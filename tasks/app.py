@@ -1,3 +1,4 @@
+import glob
 import hashlib
 from io import StringIO
 from pathlib import Path
@@ -5,8 +6,8 @@ from pathlib import Path
 from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
-from aisha_infra import rendering
-from aisha_infra.operations.app import (
+from aisha_infra.deploy import rendering
+from aisha_infra.deploy.operations.app import (
     lists_packages,
     mirrored_directory,
     release_activated,
@@ -15,7 +16,7 @@ from aisha_infra.operations.app import (
     secret_file,
     virtualenv,
 )
-from aisha_infra.settings import Settings
+from aisha_infra.deploy.settings import Settings
 
 UPLOAD_EXCLUDE = ["*.pyc", "__pycache__", ".git", ".venv"]
 UPLOAD_EXCLUDE_DIR = ["__pycache__", "*/__pycache__", ".git", ".venv", ".pytest_cache"]
@@ -26,10 +27,12 @@ def deploy_app(settings: Settings):
     """Each release (code, unit, environment, JWKS) lands in <base>/releases/<id>, named
     after its content; it serves only once it came up (else the old one keeps serving)."""
     source = settings.app_source_dir
+    # The bundled backend is a package of ours only on the control machine.
+    exclude = UPLOAD_EXCLUDE + ([] if settings.app_source else [glob.escape(f"{source}/__init__.py")])
     unit = rendering.render("systemd/aisha-api.service.j2", rendering.service_context(settings))
     environment = rendering.environment_file(settings)
     jwks = Path(settings.fal_jwks_file).read_bytes() if settings.fal_jwks_file else b""
-    release = release_id(source, UPLOAD_EXCLUDE, UPLOAD_EXCLUDE_DIR, unit, environment, jwks)
+    release = release_id(source, exclude, UPLOAD_EXCLUDE_DIR, unit, environment, jwks)
     release_dir = f"{settings.releases_dir}/{release}"
 
     for path in (settings.releases_dir, release_dir):
@@ -42,7 +45,7 @@ def deploy_app(settings: Settings):
         group="root",
         mode="0644",
         dir_mode="0755",
-        exclude=UPLOAD_EXCLUDE,
+        exclude=exclude,
         exclude_dir=UPLOAD_EXCLUDE_DIR,
     )
     secret_file(

@@ -2,9 +2,9 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
-from aisha_infra import rendering
-from aisha_infra.operations.events import restore_snapshot
-from aisha_infra.settings import Settings
+from aisha_infra.deploy import rendering
+from aisha_infra.deploy.operations.events import restore_snapshot
+from aisha_infra.deploy.settings import Settings
 
 
 @deploy("Event store")

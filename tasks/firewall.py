@@ -3,10 +3,10 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import systemd
 
-from aisha_infra.facts.system import SshdPorts
-from aisha_infra.operations import ufw
-from aisha_infra.settings import Settings
-from tasks.watch import metrics_firewall_rules
+from aisha_infra.deploy.facts.system import SshdPorts
+from aisha_infra.deploy.operations import ufw
+from aisha_infra.deploy.settings import Settings
+from aisha_infra.tasks.watch import metrics_firewall_rules
 
 
 def connected_ssh_port() -> int | None:

@@ -5,10 +5,10 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
-from aisha_infra import rendering
-from aisha_infra.operations import letsencrypt
-from aisha_infra.settings import Settings
-from tasks.nginx import point_site_at_certificate
+from aisha_infra.deploy import rendering
+from aisha_infra.deploy.operations import letsencrypt
+from aisha_infra.deploy.settings import Settings
+from aisha_infra.tasks.nginx import point_site_at_certificate
 
 REMOTE_ACME_CA = "/etc/letsencrypt/aisha-acme-ca.pem"
 

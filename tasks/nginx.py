@@ -2,9 +2,9 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
-from aisha_infra import rendering
-from aisha_infra.operations.nginx import certificate_snippet, site_config
-from aisha_infra.settings import Settings
+from aisha_infra.deploy import rendering
+from aisha_infra.deploy.operations.nginx import certificate_snippet, site_config
+from aisha_infra.deploy.settings import Settings
 
 
 def point_site_at_certificate(settings: Settings, name: str):

@@ -1,7 +1,7 @@
 from pyinfra.api import deploy
 
-from aisha_infra.operations.apt import packages_installed
-from aisha_infra.settings import Settings
+from aisha_infra.deploy.operations.apt import packages_installed
+from aisha_infra.deploy.settings import Settings
 
 PACKAGES = [
     "nginx",

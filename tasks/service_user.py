@@ -1,8 +1,8 @@
 from pyinfra.api import deploy
 from pyinfra.operations import files, server
 
-from aisha_infra.operations.accounts import system_user
-from aisha_infra.settings import Settings
+from aisha_infra.deploy.operations.accounts import system_user
+from aisha_infra.deploy.settings import Settings
 
 
 def create_system_account(user: str, home: str):

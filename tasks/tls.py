@@ -1,8 +1,8 @@
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from aisha_infra.operations.tls import self_signed_certificate
-from aisha_infra.settings import Settings
+from aisha_infra.deploy.operations.tls import self_signed_certificate
+from aisha_infra.deploy.settings import Settings
 
 
 @deploy("TLS")

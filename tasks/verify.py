@@ -1,9 +1,9 @@
 from pyinfra import host
 from pyinfra.api import deploy
 
-from aisha_infra import rendering
-from aisha_infra.operations.verify import expect_summary, https_endpoint, serves_configured_certificate
-from aisha_infra.settings import Settings
+from aisha_infra.deploy import rendering
+from aisha_infra.deploy.operations.verify import expect_summary, https_endpoint, serves_configured_certificate
+from aisha_infra.deploy.settings import Settings
 
 
 def announce_summary(settings: Settings):

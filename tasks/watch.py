@@ -6,10 +6,10 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from aisha_infra import rendering
-from aisha_infra.onhost import aisha_watch
-from aisha_infra.settings import Settings
-from tasks.service_user import create_system_account
+from aisha_infra.deploy import rendering
+from aisha_infra.deploy.onhost import aisha_watch
+from aisha_infra.deploy.settings import Settings
+from aisha_infra.tasks.service_user import create_system_account
 
 
 def metrics_firewall_rules(settings: Settings) -> list[str]:

@@ -1,4 +1,4 @@
-"""Shared fixtures: lab hosts (real Debian containers, see aisha_infra/lab.py) for e2e tests.
+"""Shared fixtures: lab hosts (real Debian containers, see aisha_infra/lab/hosts.py) for e2e tests.
 
 - `lab`: this session's Lab; every host in it is removed at the end, even on failure.
 - `lab_hosts(count=1, release="bookworm", login="root")`: boots fresh hosts, removed after
@@ -31,7 +31,7 @@ import sys
 
 import pytest
 
-from aisha_infra.lab import Lab, LabHost, state_root
+from aisha_infra.lab.hosts import Lab, LabHost, state_root
 
 SESSION_LAB = f"test-{os.getpid()}"
 _OUR_LAB = re.compile(r"^test-(\d+)(-[a-z0-9]+)?$")

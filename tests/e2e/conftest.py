@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aisha_infra.lab import LabHost
+from aisha_infra.lab.hosts import LabHost
 from tests.e2e.deploylib import DeployRun, run_deploy, write_hosts_file
 
 DOMAIN = "aibots.test"

@@ -11,8 +11,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from aisha_infra.lab import LabHost
-from aisha_infra.settings import PROJECT_ROOT
+from aisha_infra.lab.hosts import LabHost
+from tests.project import PROJECT_ROOT
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aisha_infra.lab import LabHost
+from aisha_infra.lab.hosts import LabHost
 
 CONNECTING = "--> Connecting to hosts..."
 

@@ -22,8 +22,8 @@ import pytest
 import urllib3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aisha_infra.lab import LabHost
-from aisha_infra.settings import PROJECT_ROOT
+from aisha_infra.lab.hosts import LabHost
+from tests.project import PROJECT_ROOT
 from tests.e2e import client
 from tests.e2e.conftest import DOMAIN
 from tests.e2e.deploylib import run_deploy, write_hosts_file

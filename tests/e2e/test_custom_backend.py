@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aisha_infra import health
+from aisha_infra.checks import health
 from tests.e2e.deploylib import run_deploy, write_hosts_file
 
 pytestmark = pytest.mark.e2e

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from aisha_infra.lab import Lab
-from aisha_infra.settings import PROJECT_ROOT
+from aisha_infra.lab.hosts import Lab
+from tests.project import PROJECT_ROOT
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from aisha_infra import health
+from aisha_infra.checks import health
 from tests.e2e import client
 from tests.e2e.conftest import DOMAIN
 from tests.e2e.deploylib import copy_project, run_deploy

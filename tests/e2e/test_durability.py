@@ -17,8 +17,8 @@ import pytest
 import urllib3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aisha_infra.lab import LabHost
-from aisha_infra.webhook import public_jwk, signature_headers
+from aisha_infra.lab.hosts import LabHost
+from aisha_infra.tools.webhook import public_jwk, signature_headers
 from tests.e2e import client
 from tests.e2e.conftest import DOMAIN
 from tests.e2e.deploylib import DeployRun, run_deploy, write_hosts_file

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from aisha_infra.lab import LabHost
-from aisha_infra.settings import PROJECT_ROOT
+from aisha_infra.lab.hosts import LabHost
+from tests.project import PROJECT_ROOT
 from tests.e2e.deploylib import PYINFRA, run_deploy, write_hosts_file
 
 pytestmark = pytest.mark.e2e

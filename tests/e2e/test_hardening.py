@@ -34,7 +34,7 @@ from sslyze.mozilla_tls_profile.tls_config_checker import (
     check_server_against_tls_configuration,
 )
 
-from aisha_infra.settings import build_settings
+from aisha_infra.deploy.settings import build_settings
 from tests.e2e import client
 from tests.e2e.conftest import DOMAIN
 from tests.unit import certfactory

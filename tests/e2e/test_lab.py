@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from aisha_infra.lab import Lab, LabHost, lab_hosts_file
+from aisha_infra.lab.hosts import Lab, LabHost, lab_hosts_file
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from aisha_infra import health
-from aisha_infra.webhook import write_test_key
+from aisha_infra.checks import health
+from aisha_infra.tools.webhook import write_test_key
 from tests.e2e.conftest import DOMAIN
 from tests.e2e.deploylib import run_deploy, write_hosts_file
 from tests.e2e.pebble import ACME_NAME, Pebble

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from aisha_infra.lab import LabHost
-from aisha_infra.rendering import SERVICE_UNIT_PATH
-from aisha_infra.settings import PROJECT_ROOT
+from aisha_infra.lab.hosts import LabHost
+from aisha_infra.deploy.rendering import SERVICE_UNIT_PATH
+from tests.project import PROJECT_ROOT
 from tests.e2e import client
 from tests.e2e.conftest import DOMAIN
 from tests.e2e.deploylib import copy_project, run_deploy, write_hosts_file
@@ -68,7 +68,7 @@ def release_host(lab, tmp_path_factory) -> ReleaseHost:
     legacy = work / "legacy"
     legacy.mkdir()
     commit = subprocess.run(["git", "-C", str(PROJECT_ROOT), "log", "--diff-filter=A", "--format=%H", "--",
-                             "aisha_infra/facts/releases.py"], capture_output=True, text=True, check=True).stdout.split()[-1]
+                             "aisha_infra/deploy/facts/releases.py"], capture_output=True, text=True, check=True).stdout.split()[-1]
     archive = subprocess.run(["git", "-C", str(PROJECT_ROOT), "archive", f"{commit}~1"], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(legacy)], input=archive.stdout, check=True)
     host = lab.add_hosts(count=1)[0]

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from aisha_infra import health
-from aisha_infra.lab import LabHost
-from aisha_infra.rendering import NGINX_SITE_PATH, SERVICE_UNIT_PATH, SOCKET_UNIT_PATH
-from aisha_infra.settings import PROJECT_ROOT
+from aisha_infra.checks import health
+from aisha_infra.lab.hosts import LabHost
+from aisha_infra.deploy.rendering import NGINX_SITE_PATH, SERVICE_UNIT_PATH, SOCKET_UNIT_PATH
+from tests.project import PROJECT_ROOT
 from tests.e2e.conftest import DOMAIN
 from tests.e2e.deploylib import write_hosts_file
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from aisha_infra.lab import SUDO_USER, LabHost
-from aisha_infra.settings import PROJECT_ROOT
+from aisha_infra.lab.hosts import SUDO_USER, LabHost
+from tests.project import PROJECT_ROOT
 from tests.e2e.deploylib import DeployRun, run_deploy, write_hosts_file
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aisha_infra.lab import SUDO_USER, lab_hosts_file
+from aisha_infra.lab.hosts import SUDO_USER, lab_hosts_file
 
 pytestmark = pytest.mark.e2e
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from aisha_infra.cli import main as aisha_infra
-from aisha_infra.lab import LabHost
-from aisha_infra.webhook import load_key, public_jwk, write_test_key
+from aisha_infra.lab.hosts import LabHost
+from aisha_infra.tools.webhook import load_key, public_jwk, write_test_key
 from tests.e2e.conftest import DOMAIN
 from tests.e2e.deploylib import DeployRun, run_deploy, write_hosts_file
 from tests.unit.certfactory import make_leaf, make_root, write_pem

@@ -3,9 +3,9 @@ on by default on a public (Let's Encrypt) server, off in the self-signed lab mod
 
 import pytest
 
-from aisha_infra import rendering
-from aisha_infra.settings import SettingsError, build_settings
-from aisha_infra.webhook import write_test_key
+from aisha_infra.deploy import rendering
+from aisha_infra.deploy.settings import SettingsError, build_settings
+from aisha_infra.tools.webhook import write_test_key
 
 LETSENCRYPT = {"tls_mode": "letsencrypt", "letsencrypt_email": "ops@example.org"}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aisha_infra.settings import BUNDLED_BACKEND, SettingsError, build_settings
+from aisha_infra.deploy.settings import BUNDLED_BACKEND, SettingsError, build_settings
 
 sys.path.insert(0, str(BUNDLED_BACKEND))
 
@@ -235,7 +235,7 @@ def test_restore_never_replaces_an_existing_store(tmp_path):
     """(The upload to a host without a store: tests/e2e/test_backup.py.)"""
     from pyinfra.facts.files import File
 
-    from aisha_infra.operations.events import restore_snapshot
+    from aisha_infra.deploy.operations.events import restore_snapshot
     from tests.unit.fakehost import run_operation
 
     snapshot = tmp_path / "old-host-events.sqlite3"

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from aisha_infra.inventory import InventoryError, read_hosts_file
-from aisha_infra.settings import SettingsError, build_settings
+from aisha_infra.deploy.inventory import InventoryError, read_hosts_file
+from aisha_infra.deploy.settings import SettingsError, build_settings
 from tests.unit.bad_input_table import CASES, DOMAIN, make_files
 
 BASE_ENTRIES = [{"name": "web-1.example.com", "groups": ["canary"], "data": {}},
@@ -26,7 +26,7 @@ def first_error(text: str | None, path) -> str:
     if text is not None:
         path.write_text(text)
     try:
-        groups = read_hosts_file(path, lab=False)
+        groups = read_hosts_file(path)
     except InventoryError as exc:
         return str(exc)
     for hosts in groups.values():
@@ -53,13 +53,13 @@ def test_bad_input_is_refused_with_its_reason(case, files, tmp_path):
 def test_the_untouched_base_is_accepted(files, tmp_path):
     path = tmp_path / "hosts.json"
     path.write_text(json.dumps(BASE_ENTRIES))
-    groups = read_hosts_file(path, lab=False)
+    groups = read_hosts_file(path)
     assert [name for name, _ in groups["canary"]] == ["web-1.example.com"]
     assert [name for name, _ in groups["production"]] == ["web-2.example.com"]
 
 
 def test_the_example_hosts_file_is_valid():
-    from aisha_infra.settings import PROJECT_ROOT
+    from tests.project import PROJECT_ROOT
 
-    groups = read_hosts_file(PROJECT_ROOT / "hosts.example.json", lab=False)
+    groups = read_hosts_file(PROJECT_ROOT / "hosts.example.json")
     assert len(groups["canary"]) == 1 and len(groups["production"]) == 2

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 from pyinfra.api import FunctionCommand, operation
 
-from aisha_infra.operations import accounts, app, apt, letsencrypt, nginx, tls, ufw, verify
-from aisha_infra.rendering import certificate_snippet_context, site_context
-from aisha_infra.settings import build_settings
+from aisha_infra.deploy.operations import accounts, app, apt, letsencrypt, nginx, tls, ufw, verify
+from aisha_infra.deploy.rendering import certificate_snippet_context, site_context
+from aisha_infra.deploy.settings import build_settings
 from tests.unit.recording import Recorded, record_operation
 
 SUDO = {"_sudo": True}

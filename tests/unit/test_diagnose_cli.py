@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from aisha_infra import cli, diagnose
-from aisha_infra.tlscheck import Finding
+from aisha_infra import cli
+from aisha_infra.tools import diagnose
+from aisha_infra.checks.tlscheck import Finding
 
 from .tlscases import DOMAIN, build_pki
 from .tlsserver import LocalTLSServer

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from aisha_infra import diagnose, tlscheck
-from aisha_infra.diagnose import Target
+from aisha_infra.checks import tlscheck
+from aisha_infra.tools import diagnose
+from aisha_infra.tools.diagnose import Target
 
 from .certfactory import NOW, make_intermediate, make_leaf, make_root
 

@@ -1,4 +1,4 @@
-"""aisha_infra.health against a tiny HTTPS server on 127.0.0.1: the exact health
+"""aisha_infra.checks.health against a tiny HTTPS server on 127.0.0.1: the exact health
 answer, the fal-shaped test webhook, and TLS failures explained with their fix."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from aisha_infra import health
+from aisha_infra.checks import health
 
 from .tlscases import DOMAIN, build_pki
 from .tlsserver import LocalTLSServer

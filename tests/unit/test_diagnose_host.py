@@ -10,10 +10,10 @@ import subprocess
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from aisha_infra import diagnose
-from aisha_infra import ssh as ssh_module
-from aisha_infra.ssh import SSHHost
-from aisha_infra.tlscheck import parse_pem_certs
+from aisha_infra.tools import diagnose
+from aisha_infra.tools import ssh as ssh_module
+from aisha_infra.tools.ssh import SSHHost
+from aisha_infra.checks.tlscheck import parse_pem_certs
 
 from .certfactory import write_pem
 from .tlscases import DOMAIN, build_pki

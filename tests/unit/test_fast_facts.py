@@ -3,10 +3,10 @@ decisions built on them: hand over to pyinfra's own operation whenever anything 
 
 import subprocess
 
-from aisha_infra.facts.accounts import Account
-from aisha_infra.facts.files import DirectoryTree
-from aisha_infra.operations import accounts
-from aisha_infra.operations.app import in_sync, wanted_tree
+from aisha_infra.deploy.facts.accounts import Account
+from aisha_infra.deploy.facts.files import DirectoryTree
+from aisha_infra.deploy.operations import accounts
+from aisha_infra.deploy.operations.app import in_sync, wanted_tree
 
 EXCLUDE, EXCLUDE_DIR = ["*.pyc", "__pycache__"], ["__pycache__", "*/__pycache__"]
 
@@ -71,7 +71,7 @@ def test_missing_directory_is_never_in_sync(tmp_path):
 
 
 def test_pip_only_for_requirements_that_list_packages(tmp_path):
-    from aisha_infra.operations.app import lists_packages
+    from aisha_infra.deploy.operations.app import lists_packages
 
     requirements = tmp_path / "requirements.txt"
     assert not lists_packages(requirements)  # none at all

@@ -14,12 +14,12 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.context import ctx_host
 from pyinfra.facts.deb import DebPackages
 
-from aisha_infra.facts.system import NginxVersion, SshdPorts, unsupported_system, wants_http2_directive
-from aisha_infra.operations import apt
-from aisha_infra.operations import nginx as nginx_operations
-from aisha_infra.operations.nginx import site_config
-from aisha_infra.settings import SettingsError, build_settings
-from tasks import firewall
+from aisha_infra.deploy.facts.system import NginxVersion, SshdPorts, unsupported_system, wants_http2_directive
+from aisha_infra.deploy.operations import apt
+from aisha_infra.deploy.operations import nginx as nginx_operations
+from aisha_infra.deploy.operations.nginx import site_config
+from aisha_infra.deploy.settings import SettingsError, build_settings
+from aisha_infra.tasks import firewall
 from tests.unit.fakehost import FakeHost, run_operation
 
 DOMAIN = {"aisha_domain": "aibots.test"}
@@ -224,7 +224,7 @@ def test_verify_health_check_stops_at_the_steps_limit():
     import socket
     import time
 
-    from aisha_infra.operations import verify
+    from aisha_infra.deploy.operations import verify
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))

@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
-from aisha_infra.inventory import read_hosts_file
-from aisha_infra.lab import Lab, LabError, lab_hosts_file
+from aisha_infra.lab.hosts import Lab, LabError, lab_hosts_file
+from aisha_infra.lab.inventory import lab_groups
 
 
 def entry(index: int, login: str, password: str | None = None) -> dict:
@@ -37,7 +37,8 @@ def test_hosts_file_carries_the_login_and_pyinfra_reads_it(tmp_path, monkeypatch
         ("lab-3", "admin", {"_sudo": True}),
     ]
 
-    groups = read_hosts_file(path, lab=True)
+    monkeypatch.setenv("AISHA_LAB", "lab")
+    groups = lab_groups()
     [(_, canary)] = groups["canary"]
     production = dict(groups["production"])
     assert canary["ssh_user"] == "root" and "_sudo" not in canary

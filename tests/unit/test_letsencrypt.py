@@ -10,10 +10,10 @@ from pyinfra.connectors.util import make_unix_command
 from pyinfra.context import ctx_host
 from pyinfra.facts.hardware import Ipv4Addrs, Ipv6Addrs
 
-from aisha_infra.facts.tls import CertificateState
-from aisha_infra.operations import letsencrypt
-from aisha_infra.operations.letsencrypt import certificate_problem, explain_failure
-from aisha_infra.settings import SettingsError, build_settings
+from aisha_infra.deploy.facts.tls import CertificateState
+from aisha_infra.deploy.operations import letsencrypt
+from aisha_infra.deploy.operations.letsencrypt import certificate_problem, explain_failure
+from aisha_infra.deploy.settings import SettingsError, build_settings
 from tests.unit.fakehost import FakeHost
 
 NAMES = ["aibots.test", "www.aibots.test"]

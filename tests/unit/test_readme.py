@@ -1,9 +1,9 @@
 """README.md stays true: every setting documented, the two commands exist and CI runs the test one."""
 
 import re
-from pathlib import Path
 
-from aisha_infra.settings import PROJECT_ROOT, SETTING_NAMES
+from aisha_infra.deploy.settings import SETTING_NAMES
+from tests.project import PROJECT_ROOT
 
 README = (PROJECT_ROOT / "README.md").read_text()
 

@@ -2,7 +2,7 @@
 
 import subprocess
 
-from aisha_infra.operations.app import activation_script, environment_changes, release_id
+from aisha_infra.deploy.operations.app import activation_script, environment_changes, release_id
 
 EXCLUDE, EXCLUDE_DIR = ["*.pyc"], ["__pycache__"]
 

@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aisha_infra.letsencrypt_archive import ArchiveError, checked_archive
-from aisha_infra.operations.letsencrypt import restore_command
-from aisha_infra.settings import build_settings
+from aisha_infra.deploy.letsencrypt_archive import ArchiveError, checked_archive
+from aisha_infra.deploy.operations.letsencrypt import restore_command
+from aisha_infra.deploy.settings import build_settings
 from tests.unit.letsencrypt_lineage import file_, lineage_members, write_archive
 
 

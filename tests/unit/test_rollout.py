@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from aisha_infra import cli, rollout
-from aisha_infra.rollout import GateTarget, HostOutcome, PyinfraRun, RolloutError, Stage
-from aisha_infra.settings import build_settings
+from aisha_infra import cli
+from aisha_infra.tools import rollout
+from aisha_infra.tools.rollout import GateTarget, HostOutcome, PyinfraRun, RolloutError, Stage
+from aisha_infra.deploy.settings import build_settings
 
 from .tlscases import DOMAIN, build_pki
 from .tlsserver import LocalTLSServer
@@ -146,7 +147,7 @@ def test_a_pyinfra_run_that_stopped_without_results_fails_every_host_with_its_er
         "Traceback (most recent call last):",
         "pyinfra.api.exceptions.OperationError: HTTPS health check failed",
         "--> Disconnecting from hosts...",
-        "--> Operation error in /work/aisha_infra/operations/verify.py line 84: HTTPS health check failed "
+        "--> Operation error in /work/aisha_infra/deploy/operations/verify.py line 84: HTTPS health check failed "
         "for https://aibots.test:8443/health via 198.18.4.2: no HTTP answer within 10 s.",
     ]
     outcomes = rollout.deploy_outcomes(PyinfraRun(1, None, log), ("web-1",))
@@ -556,7 +557,7 @@ def failed_stage(new_release: bool) -> rollout.StageResult:
 
 def test_a_failed_host_on_a_new_release_is_rolled_back_and_the_summary_says_so(monkeypatch):
     calls = []
-    monkeypatch.setattr("aisha_infra.rollback.roll_back", lambda inventory, hosts, echo: calls.append(hosts) or True)
+    monkeypatch.setattr("aisha_infra.tools.rollback.roll_back", lambda inventory, hosts, echo: calls.append(hosts) or True)
     result = failed_stage(new_release=True)
     later = rollout.StageResult(Stage("production", ("web-2",)))
     rollout.roll_back_stage(result, rollout.Options("inventory.py", 1, 1, 0), print)
@@ -567,7 +568,7 @@ def test_a_failed_host_on_a_new_release_is_rolled_back_and_the_summary_says_so(m
 
 
 def test_a_host_whose_new_release_never_served_is_not_rolled_back_twice(monkeypatch):
-    monkeypatch.setattr("aisha_infra.rollback.roll_back", lambda *args: pytest.fail("rolled back"))
+    monkeypatch.setattr("aisha_infra.tools.rollback.roll_back", lambda *args: pytest.fail("rolled back"))
     lines = []
     result = failed_stage(new_release=False)
     rollout.roll_back_stage(result, rollout.Options("inventory.py", 1, 1, 0), lines.append)
@@ -575,7 +576,7 @@ def test_a_host_whose_new_release_never_served_is_not_rolled_back_twice(monkeypa
 
 
 def test_rollback_runs_pyinfra_with_the_rollback_deploy_per_limit():
-    from aisha_infra.rollback import rollback_command
+    from aisha_infra.tools.rollback import rollback_command
 
     command = rollback_command("inventory.py", ["canary", "web-9"])
     assert command[1:] == ["-y", "inventory.py", "rollback.py", "--json", "--limit", "canary", "--limit", "web-9"]

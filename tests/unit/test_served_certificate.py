@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from aisha_infra import rendering
-from aisha_infra.facts import tls as tls_facts
-from aisha_infra.facts.tls import ServedCertificate
-from aisha_infra.operations import verify
-from aisha_infra.settings import build_settings
+from aisha_infra.deploy import rendering
+from aisha_infra.deploy.facts import tls as tls_facts
+from aisha_infra.deploy.facts.tls import ServedCertificate
+from aisha_infra.deploy.operations import verify
+from aisha_infra.deploy.settings import build_settings
 from tests.unit.certfactory import make_self_signed, write_pem
 from tests.unit.fakehost import run_operation
 from tests.unit.tlsserver import LocalTLSServer

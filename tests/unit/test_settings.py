@@ -2,7 +2,7 @@
 
 import pytest
 
-from aisha_infra.settings import CHECKS, SETTING_NAMES, SettingsError, build_settings
+from aisha_infra.deploy.settings import CHECKS, SETTING_NAMES, SettingsError, build_settings
 
 BASE = {"aisha_domain": "aibots.test"}
 
@@ -72,4 +72,4 @@ def test_letsencrypt_settings():
 
 def test_every_setting_has_a_check():
     missing = [name for name in SETTING_NAMES if name not in CHECKS]
-    assert not missing, f"settings without a check in aisha_infra/settings.py CHECKS: {missing}"
+    assert not missing, f"settings without a check in aisha_infra/deploy/settings.py CHECKS: {missing}"

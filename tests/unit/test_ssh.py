@@ -1,4 +1,4 @@
-"""The operator tools' SSH (aisha_infra/ssh.py): connection data read as pyinfra reads it,
+"""The operator tools' SSH (aisha_infra/tools/ssh.py): connection data read as pyinfra reads it,
 ~/.ssh/config honoured (checked with `ssh -G`, which resolves the configuration the real
 client would use, without connecting), host key policies, sudo, and no secret in argv."""
 
@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 
-from aisha_infra import ssh as ssh_module
-from aisha_infra.lab import pyinfra_ssh_data
-from aisha_infra.ssh import SSHError, SSHHost, add_ssh_arguments, ssh_flags_given, ssh_overrides
+from aisha_infra.tools import ssh as ssh_module
+from aisha_infra.lab.hosts import pyinfra_ssh_data
+from aisha_infra.tools.ssh import SSHError, SSHHost, add_ssh_arguments, ssh_flags_given, ssh_overrides
 
 
 def option(argv: list[str], name: str) -> str | None:

@@ -8,8 +8,9 @@ import json
 import sqlite3
 import subprocess
 
-from aisha_infra import rendering, status
-from aisha_infra.settings import Settings
+from aisha_infra.deploy import rendering
+from aisha_infra.tools import status
+from aisha_infra.deploy.settings import Settings
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from aisha_infra import rendering
-from aisha_infra.settings import build_settings
+from aisha_infra.deploy import rendering
+from aisha_infra.deploy.settings import build_settings
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SETTINGS_CASES = {

@@ -3,8 +3,8 @@
 import subprocess
 import time
 
-from aisha_infra.facts.tls import CertificateState
-from aisha_infra.operations import tls
+from aisha_infra.deploy.facts.tls import CertificateState
+from aisha_infra.deploy.operations import tls
 from tests.unit.fakehost import run_operation
 
 DAY = 86400

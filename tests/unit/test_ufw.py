@@ -1,8 +1,8 @@
 import pytest
 from pyinfra.api.exceptions import OperationValueError
 
-from aisha_infra.facts.ufw import UfwState
-from aisha_infra.operations import ufw
+from aisha_infra.deploy.facts.ufw import UfwState
+from aisha_infra.deploy.operations import ufw
 from tests.unit.fakehost import run_operation
 
 WANTED = ["allow 22/tcp", "allow 80/tcp", "allow 8443/tcp"]

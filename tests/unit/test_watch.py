@@ -1,4 +1,4 @@
-"""The on-host checker (aisha_infra/onhost/aisha_watch.py) and the watch's units and
+"""The on-host checker (aisha_infra/deploy/onhost/aisha_watch.py) and the watch's units and
 settings: expiry read from DER, served vs deployed file, alerts only on changes, a
 failed alert retried and never fatal, metrics in Prometheus' text format."""
 
@@ -14,9 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from aisha_infra import rendering
-from aisha_infra.onhost import aisha_watch
-from aisha_infra.settings import SettingsError, build_settings
+from aisha_infra.deploy import rendering
+from aisha_infra.deploy.onhost import aisha_watch
+from aisha_infra.deploy.settings import SettingsError, build_settings
 from tests.unit.certfactory import DAY, NOW, make_leaf, make_root, make_self_signed, write_pem
 
 BASE = {"aisha_domain": "aibots.test"}
@@ -201,7 +201,7 @@ def test_bad_watch_settings_are_rejected(override, key, words):
 
 
 def test_metrics_allow_from_opens_only_those_addresses():
-    from tasks.watch import metrics_firewall_rules
+    from aisha_infra.tasks.watch import metrics_firewall_rules
 
     settings = build_settings({**BASE, "metrics_enabled": True, "metrics_allow_from": ["203.0.113.7", "2001:db8::/64"]})
     assert metrics_firewall_rules(settings) == [

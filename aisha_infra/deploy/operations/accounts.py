@@ -6,7 +6,7 @@ from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.operations import server
 
-from aisha_infra.facts.accounts import Account
+from aisha_infra.deploy.facts.accounts import Account
 
 
 @operation()

@@ -8,7 +8,7 @@ import time
 from pyinfra import host
 from pyinfra.api import StringCommand, operation
 
-from aisha_infra.facts.tls import CertificateState
+from aisha_infra.deploy.facts.tls import CertificateState
 
 
 def self_signed_problem(state: dict | None, domain: str, renew_days: int, now: float) -> str | None:

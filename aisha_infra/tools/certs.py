@@ -3,7 +3,7 @@
 The archive is written on the control machine with mode 0600 (it holds the ACME
 account key and the certificates' private keys); tar keeps every file's mode, so
 the keys stay private when the deploy restores it (setting letsencrypt_restore_archive).
-The host is reached as pyinfra reaches it (aisha_infra/ssh.py): from the inventory's data
+The host is reached as pyinfra reaches it (aisha_infra/tools/ssh.py): from the inventory's data
 with --inventory, else from the flags, with ~/.ssh/config and known_hosts honoured.
 """
 
@@ -13,8 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from aisha_infra.inventory import InventoryError
-from aisha_infra.ssh import SSHError, SSHHost, add_ssh_arguments, ssh_overrides
+from aisha_infra.deploy.inventory import InventoryError
+from aisha_infra.tools.ssh import SSHError, SSHHost, add_ssh_arguments, ssh_overrides
 
 EXPORT_TIMEOUT_S = 300
 EXPORT_COMMAND = "test -d /etc/letsencrypt/live && tar -C /etc -czpf - letsencrypt"
@@ -55,7 +55,7 @@ def register(subparsers) -> None:
 def _ssh_host(args) -> SSHHost:
     data: dict = {}
     if args.inventory:
-        from aisha_infra.diagnose import load_inventory
+        from aisha_infra.tools.diagnose import load_inventory
 
         hosts = dict(load_inventory(args.inventory))
         if args.host not in hosts:

@@ -20,9 +20,9 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.facts.files import FileContents
 
-from aisha_infra import health, tlscheck
-from aisha_infra.facts.tls import ServedCertificate
-from aisha_infra.operations.letsencrypt import ISSUANCE_FAILURES, fail_host
+from aisha_infra.checks import health, tlscheck
+from aisha_infra.deploy.facts.tls import ServedCertificate
+from aisha_infra.deploy.operations.letsencrypt import ISSUANCE_FAILURES, fail_host
 
 EXPIRY_WARNING_DAYS = 21
 # `systemctl reload nginx` returns before old workers hand over: allow them this long.

@@ -37,9 +37,9 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from aisha_infra import health
-from aisha_infra.ssh import SSHError, SSHHost, SSHTimeout, add_ssh_arguments, ssh_flags_given, ssh_overrides
-from aisha_infra.tlscheck import (
+from aisha_infra.checks import health
+from aisha_infra.tools.ssh import SSHError, SSHHost, SSHTimeout, add_ssh_arguments, ssh_flags_given, ssh_overrides
+from aisha_infra.checks.tlscheck import (
     Finding,
     analyze_cert_file,
     analyze_chain,
@@ -328,7 +328,7 @@ def _served_key_finding(certs, key_file: str, domain: str) -> Finding:
 
 
 def ssh_runner(ssh: SSHHost, timeout: float = SSH_TIMEOUT) -> Runner:
-    """A Runner over SSH (see aisha_infra/ssh.py: as pyinfra connects, sudo when the
+    """A Runner over SSH (see aisha_infra/tools/ssh.py: as pyinfra connects, sudo when the
     connection says so), bounded by `timeout` per command."""
 
     def run(remote_command: str) -> tuple[int, str, str]:
@@ -749,7 +749,7 @@ def targets_from_inventory(path: str, args: argparse.Namespace) -> list[Target]:
 
 def target_for_host(name: str, data: dict, args: argparse.Namespace) -> Target:
     """The target of one inventory host (`data`: its merged data); `args` overrides."""
-    from aisha_infra.settings import Settings
+    from aisha_infra.deploy.settings import Settings
 
     address = args.address or data.get("verify_address") or data.get("ssh_hostname") or name
     ssh_port = args.ssh_port or int(data.get("ssh_port") or 22)

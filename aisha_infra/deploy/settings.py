@@ -3,7 +3,7 @@
 Settings are ordinary pyinfra data: set them in group_data/all.py (or a group file,
 or per host in the inventory) and they override the defaults below. The deploy
 validates every host's settings before pyinfra connects to any host (see
-aisha_infra/config.py), so a typo or a bad value stops the run with the key and the
+aisha_infra/deploy/config.py), so a typo or a bad value stops the run with the key and the
 fault named and nothing touched. Values end up unquoted in nginx, systemd and shell
 command lines on the host: the checks below allow only what is safe there, and what
 is uploaded (JWKS, restore archive, the app's environment) is checked here first.
@@ -12,6 +12,7 @@ is uploaded (JWKS, restore archive, the app's environment) is checked here first
 from __future__ import annotations
 
 import difflib
+import importlib.resources
 import ipaddress
 import json
 import posixpath
@@ -22,8 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_BACKEND = PROJECT_ROOT / "backend"
+# The bundled reference app: package data (backend/ in the repository).
+BUNDLED_BACKEND = Path(str(importlib.resources.files("aisha_infra.backend")))
 
 LETSENCRYPT_SERVERS = {
     "production": "https://acme-v02.api.letsencrypt.org/directory",
@@ -421,7 +422,7 @@ def _pem_bundle_problem(value: Any) -> str | None:
 
 
 def _jwks_file_problem(value: Any) -> str | None:
-    from aisha_infra.bundled_app import jwks_problem
+    from aisha_infra.deploy.bundled_app import jwks_problem
 
     problem = _file_problem(value)
     if problem or value is None:
@@ -679,7 +680,7 @@ def _check_each(values: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _backup_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
     """The event store backup settings together (each value alone is checked by CHECKS)."""
-    from aisha_infra.snapshots import snapshot_problem  # it runs the bundled backend's check
+    from aisha_infra.deploy.snapshots import snapshot_problem  # it runs the bundled backend's check
 
     problems = []
     enabled, own_backend = values["backup_enabled"], values["app_source"] is not None
@@ -743,7 +744,7 @@ def _check_together(values: dict[str, Any]) -> list[tuple[str, str]]:
 
     archive = values["letsencrypt_restore_archive"]
     if archive and not _file_problem(archive) and not _domain_problem(values["aisha_domain"]):
-        from aisha_infra.letsencrypt_archive import ArchiveError, checked_archive
+        from aisha_infra.deploy.letsencrypt_archive import ArchiveError, checked_archive
 
         try:
             checked_archive(archive, values["aisha_domain"])
@@ -752,7 +753,7 @@ def _check_together(values: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
-# The bundled app's variables the deploy derives from settings (aisha_infra/rendering.py).
+# The bundled app's variables the deploy derives from settings (aisha_infra/deploy/rendering.py).
 _BUNDLED_APP_VARIABLES = {
     "AISHA_DATA_DIR": "aisha_data_dir",
     "AISHA_API_PORT": "app_port",
@@ -766,8 +767,8 @@ _BUNDLED_APP_VARIABLES = {
 def _bundled_app_problems(settings: Settings) -> list[tuple[str, str]]:
     """The bundled app's environment, as the unit will set it, through the app's own
     configuration rules: a value it refuses never reaches the host."""
-    from aisha_infra.bundled_app import environment_problem
-    from aisha_infra.rendering import app_environment
+    from aisha_infra.deploy.bundled_app import environment_problem
+    from aisha_infra.deploy.rendering import app_environment
 
     if not settings.uses_bundled_app:
         return []

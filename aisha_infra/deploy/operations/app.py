@@ -14,9 +14,9 @@ from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operat
 from pyinfra.facts.files import File, FileContents, Sha1File
 from pyinfra.operations import files
 
-from aisha_infra import rendering
-from aisha_infra.facts.files import DirectoryTree
-from aisha_infra.facts.releases import ReleaseState
+from aisha_infra.deploy import rendering
+from aisha_infra.deploy.facts.files import DirectoryTree
+from aisha_infra.deploy.facts.releases import ReleaseState
 
 
 def wanted_tree(src: Path, user: str, group: str, mode: str, dir_mode: str,

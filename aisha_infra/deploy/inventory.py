@@ -1,4 +1,4 @@
-"""Where inventory.py finds its hosts: a hosts file of yours, or the local lab.
+"""Hosts files: the servers inventory.py deploys to.
 
 A hosts file is a JSON list of {"name", "address"?, "groups"?, "data"?} (the lab writes
 the same format, plus "ssh_key"). Every host is in exactly one of GROUPS (default
@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pyinfra.api.exceptions import InventoryError as PyinfraInventoryError
-
-from aisha_infra.lab import DEFAULT_LAB, lab_hosts_file, pyinfra_ssh_data
 
 GROUPS = ("canary", "production")
 ENTRY_KEYS = ("name", "address", "groups", "data", "ssh_key", "ssh_user")
@@ -60,8 +58,10 @@ def _entry_problem(entry: Any, lab: bool) -> str | None:
     return None
 
 
-def read_hosts_file(path: Path, lab: bool) -> dict[str, list]:
-    """Hosts by group from a hosts file; InventoryError (one line) for anything wrong."""
+def read_hosts_file(path: Path, lab_connection: Callable[[dict], dict] | None = None) -> dict[str, list]:
+    """Hosts by group from a hosts file; InventoryError (one line) for anything wrong.
+    The lab reads its own hosts file with `lab_connection`: the data to log in to an entry."""
+    lab = lab_connection is not None
     try:
         entries = json.loads(path.read_text())
     except OSError as exc:
@@ -86,7 +86,7 @@ def read_hosts_file(path: Path, lab: bool) -> dict[str, list]:
             raise InventoryError(f"hosts file {path}: {label} appears twice; each host once")
         seen.add(name)
         # lab hosts: connect exactly as the lab says (its key; host keys new at every boot)
-        data = pyinfra_ssh_data(entry["ssh_key"]) if lab else {}
+        data = lab_connection(entry) if lab else {}
         for key in ("ssh_key", "ssh_user"):
             if entry.get(key):
                 data[key] = entry[key]
@@ -96,19 +96,3 @@ def read_hosts_file(path: Path, lab: bool) -> dict[str, list]:
         for group in entry.get("groups", ["production"]):
             groups[group].append((name, data))
     return groups
-
-
-def load_groups() -> dict[str, list]:
-    """Hosts by group. AISHA_HOSTS=path/to/hosts.json targets real servers;
-    otherwise the lab named by AISHA_LAB (default "demo")."""
-    if os.environ.get("AISHA_HOSTS"):
-        return read_hosts_file(Path(os.environ["AISHA_HOSTS"]), lab=False)
-    lab = os.environ.get("AISHA_LAB", DEFAULT_LAB)
-    path = lab_hosts_file(lab)
-    if not path.exists():
-        raise InventoryError(
-            f"no hosts: the lab {lab!r} is not up ({path} is missing). "
-            f"Boot it with `aisha-infra lab up --name {lab}`, or point AISHA_HOSTS at a hosts file "
-            "for real servers (see README.md)."
-        )
-    return read_hosts_file(path, lab=True)

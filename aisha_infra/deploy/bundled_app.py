@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from aisha_infra.settings import BUNDLED_BACKEND
+from aisha_infra.deploy.settings import BUNDLED_BACKEND
 
 _PACKAGE = "aisha_webhook_api"
 # A JWKS is a few keys; anything far larger is not one.

@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 
 import urllib3
 
-from aisha_infra import diagnose, health, rendering
-from aisha_infra.settings import Settings, SettingsError, build_settings
-from aisha_infra.ssh import SSHError, add_ssh_arguments
-from aisha_infra.tlscheck import (
+from aisha_infra.checks import health
+from aisha_infra.tools import diagnose
+from aisha_infra.deploy import rendering
+from aisha_infra.deploy.settings import Settings, SettingsError, build_settings
+from aisha_infra.tools.ssh import SSHError, add_ssh_arguments
+from aisha_infra.checks.tlscheck import (
     analyze_chain,
     chain_trusted,
     connection_finding,

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from aisha_infra.rollout import PYINFRA, host_errors, pyinfra_error, run_pyinfra
+from aisha_infra.tools.rollout import PYINFRA, host_errors, pyinfra_error, run_pyinfra
 
 ROLLBACK_FILE = "rollback.py"
 

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from aisha_infra import health
+from aisha_infra.checks import health
 
 KEY_NAME = "fal-test-key.pem"
 JWKS_NAME = "fal-test-jwks.json"

@@ -7,8 +7,8 @@ from weakref import WeakKeyDictionary
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.server import LinuxDistribution
 
-from aisha_infra.facts.system import unsupported_system
-from aisha_infra.settings import Settings, SettingsError, build_settings
+from aisha_infra.deploy.facts.system import unsupported_system
+from aisha_infra.deploy.settings import Settings, SettingsError, build_settings
 
 
 def settings_for(host) -> Settings:

@@ -10,7 +10,7 @@ from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.api.exceptions import OperationValueError
 
-from aisha_infra.facts.ufw import UfwState
+from aisha_infra.deploy.facts.ufw import UfwState
 
 POLICIES = ("allow", "deny", "reject")
 DIRECTIONS = ("incoming", "outgoing", "routed")

@@ -6,14 +6,16 @@ with the same function, so what `nginx -t` checks in the tests is what the hosts
 
 from __future__ import annotations
 
+import importlib.resources
 import re
 from pathlib import Path
 
 from pyinfra.api.util import get_template
 
-from aisha_infra.settings import PROJECT_ROOT, Settings
+from aisha_infra.deploy.settings import Settings
 
-TEMPLATE_DIR = PROJECT_ROOT / "templates"
+# Package data (templates/ in the repository).
+TEMPLATE_DIR = Path(str(importlib.resources.files("aisha_infra.templates")))
 # Block tags do not leave blank lines behind (matters in systemd units).
 JINJA_OPTIONS = {"trim_blocks": True, "lstrip_blocks": True}
 MANAGED_BANNER = "Managed by aisha-infra (pyinfra); local changes are overwritten."

@@ -32,11 +32,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aisha_infra import health
-from aisha_infra.diagnose import _is_host_group, load_inventory
-from aisha_infra.inventory import InventoryError
-from aisha_infra.settings import Settings, SettingsError, build_settings
-from aisha_infra.ssh import SSHHost
+from aisha_infra.checks import health
+from aisha_infra.tools.diagnose import _is_host_group, load_inventory
+from aisha_infra.deploy.inventory import InventoryError
+from aisha_infra.deploy.settings import Settings, SettingsError, build_settings
+from aisha_infra.tools.ssh import SSHHost
 
 DEFAULT_STAGES = ("canary", "production")
 DEPLOY_FILE = "deploy.py"
@@ -334,7 +334,7 @@ def run_gate(
     webhook to each host that passed them all. A failed check fails its host for good
     (results land in `outcomes`); the gate stops early once more than
     `failures_allowed` hosts failed, as the stage has failed anyway. The checks default
-    to aisha_infra.health's."""
+    to aisha_infra.checks.health's."""
     check_health = check_health or health.check_https_health
     check_webhook = check_webhook or health.check_webhook_post
     healthy = list(targets)
@@ -481,7 +481,7 @@ def roll_back_stage(result: StageResult, options: Options, echo: Callable[[str],
     if not hosts:
         echo(f"\n==> Rollback: no failed host of {result.stage.name} got a new release; nothing to roll back")
         return
-    from aisha_infra.rollback import roll_back  # here: that module imports this one
+    from aisha_infra.tools.rollback import roll_back  # here: that module imports this one
 
     echo(f"\n==> Rollback of {result.stage.name}: {', '.join(hosts)} back to the previous release "
          "(--no-rollback leaves them as they are)")

@@ -19,9 +19,9 @@ from pyinfra.api.exceptions import OperationError
 from pyinfra.facts.files import Link, Sha1File
 from pyinfra.operations import files
 
-from aisha_infra.facts.system import NginxVersion, wants_http2_directive
-from aisha_infra.facts.tls import CertificateState
-from aisha_infra.rendering import certificate_snippet_context, render
+from aisha_infra.deploy.facts.system import NginxVersion, wants_http2_directive
+from aisha_infra.deploy.facts.tls import CertificateState
+from aisha_infra.deploy.rendering import certificate_snippet_context, render
 
 _SWAP_AND_TEST = r"""
 dest={dest}; new={new}; link={link}; target={dest}

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from aisha_infra.lab_image import (
+from aisha_infra.lab.image import (
     DEFAULT_RELEASE,
     SUPPORTED_RELEASES,
     LabError,

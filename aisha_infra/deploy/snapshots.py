@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aisha_infra.settings import BUNDLED_BACKEND
+from aisha_infra.deploy.settings import BUNDLED_BACKEND
 
 CHECK_TIMEOUT = 300  # integrity_check reads every page: allow for a large store
 

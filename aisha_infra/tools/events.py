@@ -16,9 +16,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from aisha_infra.settings import Settings
-from aisha_infra.snapshots import snapshot_problem
-from aisha_infra.ssh import SSHError, SSHHost, add_ssh_arguments, ssh_overrides
+from aisha_infra.deploy.settings import Settings
+from aisha_infra.deploy.snapshots import snapshot_problem
+from aisha_infra.tools.ssh import SSHError, SSHHost, add_ssh_arguments, ssh_overrides
 
 SSH_TIMEOUT = 600  # a large store takes a while to copy
 
@@ -30,7 +30,7 @@ class PullError(RuntimeError):
 @dataclass(frozen=True)
 class Source:
     name: str  # the inventory name, or the address
-    ssh: SSHHost  # reached as pyinfra reaches it (aisha_infra/ssh.py)
+    ssh: SSHHost  # reached as pyinfra reaches it (aisha_infra/tools/ssh.py)
     backup_dir: str
 
 
@@ -85,7 +85,7 @@ def sources(target: str, overrides: dict) -> list[Source]:
     if Path(target).suffix != ".py":
         raise PullError(f"{target} is not a pyinfra inventory (.py); for a hosts file run "
                         f"`AISHA_HOSTS={target} aisha-infra events pull inventory.py ...`")
-    from aisha_infra.diagnose import load_inventory  # pyinfra's merge of group data, without pyinfra_cli
+    from aisha_infra.tools.diagnose import load_inventory  # pyinfra's merge of group data, without pyinfra_cli
 
     return [
         Source(name, SSHHost.from_data(name, data, **overrides), data.get("backup_dir") or Settings.backup_dir)

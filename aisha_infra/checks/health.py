@@ -23,7 +23,7 @@ import warnings
 
 import urllib3
 
-from aisha_infra.tlscheck import (
+from aisha_infra.checks.tlscheck import (
     Finding,
     ServedChain,
     analyze_chain,

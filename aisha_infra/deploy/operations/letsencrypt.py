@@ -20,8 +20,8 @@ from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.facts.hardware import Ipv4Addrs, Ipv6Addrs
 from pyinfra.operations import files
 
-from aisha_infra.facts.tls import CertificateState
-from aisha_infra.letsencrypt_archive import ArchiveError, checked_archive
+from aisha_infra.deploy.facts.tls import CertificateState
+from aisha_infra.deploy.letsencrypt_archive import ArchiveError, checked_archive
 
 # Host name -> why the last issuance failed; the verify step reports it.
 ISSUANCE_FAILURES: dict[str, str] = {}
@@ -236,7 +236,7 @@ def restore_archive(archive: str, live_dir: str):
     Unpack a backup of /etc/letsencrypt (made by `aisha-infra certs export`) on a host
     that has no certificate yet, so a rebuilt server serves the old one without asking
     the ACME server again. Never overwrites an existing certificate. Only the re-packed,
-    checked archive is uploaded (aisha_infra/letsencrypt_archive.py); settings
+    checked archive is uploaded (aisha_infra/deploy/letsencrypt_archive.py); settings
     validation has refused a bad one before any host was touched.
 
     + archive: tar.gz on the control machine
