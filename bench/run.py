@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aisha_infra.checks import health  # noqa: E402
-from aisha_infra.deploy import rendering  # noqa: E402
+from aisha_infra.deploy import paths  # noqa: E402
 from aisha_infra.lab.hosts import Lab, LabHost  # noqa: E402
 from aisha_infra.deploy.settings import build_settings  # noqa: E402
 from aisha_infra.tasks.packages import PACKAGES  # noqa: E402
@@ -171,11 +171,11 @@ def noop_floor_script(settings) -> str:
     q = shlex.quote
     units = ["aisha-api.socket", "aisha-api.service", "nginx.service", "ufw.service"]
     owned = [s.aisha_base_dir, s.app_dir, s.ssl_dir, s.aisha_log_dir,
-             f"{rendering.ACME_WEBROOT}/.well-known/acme-challenge",
+             f"{paths.ACME_WEBROOT}/.well-known/acme-challenge",
              s.selfsigned_key_path, s.selfsigned_cert_path,
-             rendering.SOCKET_UNIT_PATH, rendering.SERVICE_UNIT_PATH, rendering.LOGROTATE_PATH]
-    rendered = [rendering.SOCKET_UNIT_PATH, rendering.SERVICE_UNIT_PATH, rendering.NGINX_SITE_PATH,
-                rendering.NGINX_CERT_SNIPPET_PATH, rendering.LOGROTATE_PATH,
+             paths.SOCKET_UNIT_PATH, paths.SERVICE_UNIT_PATH, paths.LOGROTATE_PATH]
+    rendered = [paths.SOCKET_UNIT_PATH, paths.SERVICE_UNIT_PATH, paths.NGINX_SITE_PATH,
+                paths.NGINX_CERT_SNIPPET_PATH, paths.LOGROTATE_PATH,
                 f"{s.venv_dir}/.aisha-requirements.txt"]
     cert, key = q(s.selfsigned_cert_path), q(s.selfsigned_key_path)
     lines = [
@@ -188,7 +188,7 @@ def noop_floor_script(settings) -> str:
         f"readlink {q(s.current_release_link)}; sha1sum {q(s.current_release_link)}/aisha-api.*",
         "sha1sum " + " ".join(q(p) for p in rendered),
         f"test -e {q(s.venv_dir)}/bin/activate && echo venv ok",
-        f"readlink {q(rendering.NGINX_SITE_LINK)}; test -e /etc/nginx/sites-enabled/default || echo no default site",
+        f"readlink {q(paths.NGINX_SITE_LINK)}; test -e /etc/nginx/sites-enabled/default || echo no default site",
         "systemctl is-active " + " ".join(units) + "; systemctl is-enabled " + " ".join(units),
         "grep -h '^ENABLED=' /etc/ufw/ufw.conf; grep -h '^DEFAULT_[A-Z]*_POLICY=' /etc/default/ufw; ufw show added",
         f"openssl x509 -in {cert} -noout -enddate -ext subjectAltName "
@@ -264,7 +264,7 @@ def snapshot(project: Path, dest: Path) -> Path:
     """A copy of the deploy as it is now (code, tasks, templates), measured instead of the
     live tree that others may be editing."""
     ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".pytest_cache", "*.egg-info", "bench")
-    shutil.copytree(project, dest, ignore=ignore)
+    shutil.copytree(project, dest, ignore=ignore, symlinks=True)
     return dest
 
 

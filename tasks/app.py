@@ -6,7 +6,7 @@ from pathlib import Path
 from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
-from aisha_infra.deploy import rendering
+from aisha_infra.deploy import paths, rendering
 from aisha_infra.deploy.operations.app import (
     lists_packages,
     mirrored_directory,
@@ -50,14 +50,14 @@ def deploy_app(settings: Settings):
     )
     secret_file(
         name=f"Write the app's environment (0600 root) in release {release}",
-        dest=f"{release_dir}/{rendering.RELEASE_ENV_NAME}",
+        dest=f"{release_dir}/{paths.RELEASE_ENV_NAME}",
         content=environment,
     )
     if settings.fal_jwks_file:  # configuration, not a fact: fixed for the whole run
         files.put(
             name=f"Upload fal's JWKS to release {release}",
             src=settings.fal_jwks_file,
-            dest=f"{release_dir}/{rendering.REMOTE_JWKS_NAME}",
+            dest=f"{release_dir}/{paths.REMOTE_JWKS_NAME}",
             user="root",
             group="root",
             mode="0644",
@@ -65,7 +65,7 @@ def deploy_app(settings: Settings):
     files.put(
         name=f"Render aisha-api.service for release {release}",
         src=StringIO(unit),
-        dest=f"{release_dir}/{rendering.RELEASE_UNIT_NAME}",
+        dest=f"{release_dir}/{paths.RELEASE_UNIT_NAME}",
         user="root",
         group="root",
         mode="0644",
@@ -83,7 +83,7 @@ def deploy_app(settings: Settings):
         socket_unit = files.template(
             name="Render aisha-api.socket",
             **rendering.template_source("systemd/aisha-api.socket.j2"),
-            dest=rendering.SOCKET_UNIT_PATH,
+            dest=paths.SOCKET_UNIT_PATH,
             **rendering.socket_context(settings),
         )
     else:
@@ -94,7 +94,7 @@ def deploy_app(settings: Settings):
             running=False,
             enabled=False,
         )
-        socket_unit = files.file(name="Remove aisha-api.socket", path=rendering.SOCKET_UNIT_PATH, present=False)
+        socket_unit = files.file(name="Remove aisha-api.socket", path=paths.SOCKET_UNIT_PATH, present=False)
     systemd.daemon_reload(name="Reload systemd units", _if=socket_unit.did_change)
     if settings.uses_socket_activation:
         # A new port needs a new socket; the service holds the old one until it stops.
@@ -109,11 +109,11 @@ def deploy_app(settings: Settings):
         name=f"Serve release {release} (back to the old one if it does not start)",
         base=settings.aisha_base_dir,
         release=release,
-        unit=rendering.SERVICE_UNIT_PATH,
+        unit=paths.SERVICE_UNIT_PATH,
         unit_sha1=hashlib.sha1(unit.encode()).hexdigest(),
         service="aisha-api.service",
         keep=settings.app_releases_keep,
-        legacy_files=[f"{settings.aisha_base_dir}/{rendering.REMOTE_JWKS_NAME}"],
+        legacy_files=[f"{settings.aisha_base_dir}/{paths.REMOTE_JWKS_NAME}"],
     )
     if settings.uses_socket_activation:
         systemd.service(
@@ -135,7 +135,7 @@ def roll_back_app(settings: Settings):
     release_activated(
         name="Serve the previous release (back to the current one if it does not start)",
         base=settings.aisha_base_dir,
-        unit=rendering.SERVICE_UNIT_PATH,
+        unit=paths.SERVICE_UNIT_PATH,
         service="aisha-api.service",
         keep=settings.app_releases_keep,
     )

@@ -2,7 +2,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
-from aisha_infra.deploy import rendering
+from aisha_infra.deploy import paths, rendering
 from aisha_infra.deploy.operations.events import restore_snapshot
 from aisha_infra.deploy.settings import Settings
 
@@ -30,13 +30,13 @@ def schedule_backups(settings: Settings):
     service_unit = files.template(
         name="Render aisha-backup.service",
         **rendering.template_source("systemd/aisha-backup.service.j2"),
-        dest=rendering.BACKUP_SERVICE_PATH,
+        dest=paths.BACKUP_SERVICE_PATH,
         **rendering.backup_service_context(settings),
     )
     timer_unit = files.template(
         name="Render aisha-backup.timer",
         **rendering.template_source("systemd/aisha-backup.timer.j2"),
-        dest=rendering.BACKUP_TIMER_PATH,
+        dest=paths.BACKUP_TIMER_PATH,
         **rendering.backup_timer_context(settings),
     )
     systemd.daemon_reload(name="Reload systemd units", _if=any_changed(service_unit, timer_unit))
@@ -60,6 +60,6 @@ def remove_backups(settings: Settings):
     systemd.service(name="Stop aisha-backup.timer", service="aisha-backup.timer", running=False, enabled=False)
     removed = [
         files.file(name=f"Remove {path}", path=path, present=False)
-        for path in (rendering.BACKUP_TIMER_PATH, rendering.BACKUP_SERVICE_PATH)
+        for path in (paths.BACKUP_TIMER_PATH, paths.BACKUP_SERVICE_PATH)
     ]
     systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*removed))

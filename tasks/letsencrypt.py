@@ -5,12 +5,11 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
-from aisha_infra.deploy import rendering
+from aisha_infra.deploy import paths, rendering
 from aisha_infra.deploy.operations import letsencrypt
 from aisha_infra.deploy.settings import Settings
 from aisha_infra.tasks.nginx import point_site_at_certificate
 
-REMOTE_ACME_CA = "/etc/letsencrypt/aisha-acme-ca.pem"
 
 
 @deploy("Let's Encrypt")
@@ -19,18 +18,18 @@ def obtain_certificate(settings: Settings):
     certificate on 8443), then switches the site to the issued certificate."""
     ca_bundle = None
     if settings.letsencrypt_ca_bundle:  # a private ACME server (Pebble, an internal CA)
-        ca_bundle = REMOTE_ACME_CA
+        ca_bundle = paths.REMOTE_ACME_CA
         files.put(
             name="Trust the private ACME server",
             src=settings.letsencrypt_ca_bundle,
-            dest=REMOTE_ACME_CA,
+            dest=paths.REMOTE_ACME_CA,
             mode="0644",
         )
         dropin = files.template(
             name="certbot.timer renewals trust it too",
             **rendering.template_source("systemd/certbot.service.d/aisha-acme-ca.conf.j2"),
-            dest=rendering.CERTBOT_DROPIN_PATH,
-            ca_bundle=REMOTE_ACME_CA,
+            dest=paths.CERTBOT_DROPIN_PATH,
+            ca_bundle=paths.REMOTE_ACME_CA,
         )
         systemd.daemon_reload(name="Reload systemd units", _if=dropin.did_change)
 
@@ -44,7 +43,7 @@ def obtain_certificate(settings: Settings):
     files.template(
         name="Renewal hook: nginx -t, then reload",
         **rendering.template_source("letsencrypt/aisha-reload-nginx.sh.j2"),
-        dest=rendering.RENEWAL_HOOK_PATH,
+        dest=paths.RENEWAL_HOOK_PATH,
         mode="0755",
         **rendering.renewal_hook_context(settings),
     )
@@ -55,7 +54,7 @@ def obtain_certificate(settings: Settings):
             dest=dest,
             **rendering.renewal_hook_context(settings),
         )
-        for dest in (rendering.RELOAD_RETRY_SERVICE_PATH, rendering.RELOAD_RETRY_TIMER_PATH)
+        for dest in (paths.RELOAD_RETRY_SERVICE_PATH, paths.RELOAD_RETRY_TIMER_PATH)
     ]
     systemd.daemon_reload(name="Load the retry units", _if=any_changed(*retry_units))
     systemd.service(name="Run the retry timer", service="aisha-nginx-reload-retry.timer", running=True, enabled=True)
@@ -64,7 +63,7 @@ def obtain_certificate(settings: Settings):
         names=settings.letsencrypt_domains,
         email=settings.letsencrypt_email,
         server=settings.letsencrypt_directory_url,
-        webroot=rendering.ACME_WEBROOT,
+        webroot=paths.ACME_WEBROOT,
         ca_bundle_remote=ca_bundle,
         on_failure=settings.letsencrypt_on_failure,
         timeout=settings.letsencrypt_timeout,

@@ -2,7 +2,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
-from aisha_infra.deploy import rendering
+from aisha_infra.deploy import paths, rendering
 from aisha_infra.deploy.operations.nginx import certificate_snippet, site_config
 from aisha_infra.deploy.settings import Settings
 
@@ -12,7 +12,7 @@ def point_site_at_certificate(settings: Settings, name: str):
     the self-signed pair until then."""
     return certificate_snippet(
         name=name,
-        dest=rendering.NGINX_CERT_SNIPPET_PATH,
+        dest=paths.NGINX_CERT_SNIPPET_PATH,
         selfsigned_cert=settings.selfsigned_cert_path,
         selfsigned_key=settings.selfsigned_key_path,
         letsencrypt_live_dir=settings.letsencrypt_live_dir if settings.tls_mode == "letsencrypt" else None,
@@ -23,8 +23,8 @@ def point_site_at_certificate(settings: Settings, name: str):
 @deploy("Nginx")
 def configure_site(settings: Settings, certificate_changes: list):
     files.directory(
-        name=f"ACME challenge webroot {rendering.ACME_WEBROOT}",
-        path=f"{rendering.ACME_WEBROOT}/.well-known/acme-challenge",
+        name=f"ACME challenge webroot {paths.ACME_WEBROOT}",
+        path=f"{paths.ACME_WEBROOT}/.well-known/acme-challenge",
         user="root",
         group="root",
         mode="0755",
@@ -32,7 +32,7 @@ def configure_site(settings: Settings, certificate_changes: list):
     # Its default_server on port 80 would clash with ours.
     default_site = files.link(
         name="Remove the distribution's default site",
-        path="/etc/nginx/sites-enabled/default",
+        path=paths.DEFAULT_SITE_LINK,
         present=False,
     )
     snippet = point_site_at_certificate(settings, name="Point the site at its certificate")
@@ -40,14 +40,14 @@ def configure_site(settings: Settings, certificate_changes: list):
     site = site_config(
         name=f"Render the webhook site (TLS on {settings.nginx_https_port}), live only if nginx -t passes",
         template="nginx/aisha-webhook.conf.j2",
-        dest=rendering.NGINX_SITE_PATH,
+        dest=paths.NGINX_SITE_PATH,
         context=rendering.site_context(settings),
-        enable_link=rendering.NGINX_SITE_LINK,
+        enable_link=paths.NGINX_SITE_LINK,
     )
     files.template(
         name="Rotate the webhook logs",
         **rendering.template_source("logrotate/aisha.j2"),
-        dest=rendering.LOGROTATE_PATH,
+        dest=paths.LOGROTATE_PATH,
         **rendering.logrotate_context(settings),
     )
     # reloaded= only acts on a running nginx; the next operation starts a stopped one.

@@ -1,7 +1,7 @@
 from pyinfra import host
 from pyinfra.api import deploy
 
-from aisha_infra.deploy import rendering
+from aisha_infra.deploy import paths
 from aisha_infra.deploy.operations.verify import expect_summary, https_endpoint, serves_configured_certificate
 from aisha_infra.deploy.settings import Settings
 
@@ -17,7 +17,7 @@ def verify_endpoint(settings: Settings):
         name="nginx serves the certificate its configuration names (else nginx -t, reload)",
         port=settings.nginx_https_port,
         domain=settings.aisha_domain,
-        config=rendering.NGINX_CERT_SNIPPET_PATH,
+        config=paths.NGINX_CERT_SNIPPET_PATH,
     )
     address = settings.endpoint_address(host.name, host.data)
     https_endpoint(

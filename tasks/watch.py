@@ -6,7 +6,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from aisha_infra.deploy import rendering
+from aisha_infra.deploy import paths, rendering
 from aisha_infra.deploy.onhost import aisha_watch
 from aisha_infra.deploy.settings import Settings
 from aisha_infra.tasks.service_user import create_system_account
@@ -22,19 +22,19 @@ def metrics_firewall_rules(settings: Settings) -> list[str]:
 def deploy_watch(settings: Settings):
     """The on-host watch: aisha-watch.timer runs the checker as an unprivileged user;
     certbot's failures start it at once; node_exporter exports its results (opt-in)."""
-    create_system_account(rendering.WATCH_USER, home=rendering.WATCH_STATE_DIR)
+    create_system_account(rendering.WATCH_USER, home=paths.WATCH_STATE_DIR)
     script = files.put(
-        name=f"Install the checker {rendering.WATCH_SCRIPT_PATH}",
+        name=f"Install the checker {paths.WATCH_SCRIPT_PATH}",
         src=aisha_watch.__file__,
-        dest=rendering.WATCH_SCRIPT_PATH,
+        dest=paths.WATCH_SCRIPT_PATH,
         user="root",
         group="root",
         mode="0755",
     )
     config = files.put(
-        name=f"Watch configuration {rendering.WATCH_CONFIG_PATH}",
+        name=f"Watch configuration {paths.WATCH_CONFIG_PATH}",
         src=StringIO(json.dumps(rendering.watch_config(settings, host.name), indent=2, sort_keys=True) + "\n"),
-        dest=rendering.WATCH_CONFIG_PATH,
+        dest=paths.WATCH_CONFIG_PATH,
         user="root",
         group="root",
         mode="0644",
@@ -43,29 +43,29 @@ def deploy_watch(settings: Settings):
         alert_url = files.put(
             name="Alert webhook URL (0600 root: it holds a token)",
             src=StringIO(settings.alert_webhook_url + "\n"),
-            dest=rendering.WATCH_ALERT_URL_PATH,
+            dest=paths.WATCH_ALERT_URL_PATH,
             user="root",
             group="root",
             mode="0600",
         )
     else:
-        alert_url = files.file(name="No alert webhook URL", path=rendering.WATCH_ALERT_URL_PATH, present=False)
+        alert_url = files.file(name="No alert webhook URL", path=paths.WATCH_ALERT_URL_PATH, present=False)
     service = files.template(
         name="Render aisha-watch.service",
         **rendering.template_source("systemd/aisha-watch.service.j2"),
-        dest=rendering.WATCH_SERVICE_PATH,
+        dest=paths.WATCH_SERVICE_PATH,
         **rendering.watch_service_context(settings),
     )
     timer = files.template(
         name=f"Render aisha-watch.timer (every {settings.watch_interval_seconds} s)",
         **rendering.template_source("systemd/aisha-watch.timer.j2"),
-        dest=rendering.WATCH_TIMER_PATH,
+        dest=paths.WATCH_TIMER_PATH,
         **rendering.watch_timer_context(settings),
     )
     certbot_dropin = files.template(
         name="A failed certbot.service starts the watch at once (OnFailure=)",
         **rendering.template_source("systemd/certbot.service.d/aisha-watch.conf.j2"),
-        dest=rendering.CERTBOT_ONFAILURE_DROPIN_PATH,
+        dest=paths.CERTBOT_ONFAILURE_DROPIN_PATH,
     )
     systemd.daemon_reload(name="Reload systemd units", _if=any_changed(service, timer, certbot_dropin))
 
@@ -80,7 +80,7 @@ def deploy_watch(settings: Settings):
         defaults = files.template(
             name=f"node_exporter listens on {rendering.node_exporter_context(settings)['listen']}, reads the watch's metrics",
             **rendering.template_source("default/prometheus-node-exporter.j2"),
-            dest=rendering.NODE_EXPORTER_DEFAULTS_PATH,
+            dest=paths.NODE_EXPORTER_DEFAULTS_PATH,
             **rendering.node_exporter_context(settings),
         )
         systemd.service(

@@ -24,6 +24,8 @@ from cryptography import x509
 from cryptography.x509.oid import AuthorityInformationAccessOID
 from cryptography.hazmat.primitives import serialization
 
+from aisha_infra.deploy import paths
+
 EXPIRY_WARN_DAYS = 21
 MAX_CHAIN_LENGTH = 8
 # Names that give away a test CA (Let's Encrypt staging, old and new; Pebble).
@@ -161,7 +163,7 @@ def key_match_finding(cert: x509.Certificate, public_key, cert_label: str, key_l
         "differ). nginx refuses such a pair ('key values mismatch'), so it keeps an old configuration or "
         "does not start, and clients see a handshake failure or an old certificate.",
         f"Point ssl_certificate_key at the key issued with this certificate "
-        f"(Let's Encrypt: /etc/letsencrypt/live/{domain}/privkey.pem next to fullchain.pem), "
+        f"(Let's Encrypt: {paths.LETSENCRYPT_LIVE_DIR}/{domain}/privkey.pem next to fullchain.pem), "
         "then `nginx -t && systemctl reload nginx`.",
     )
 
@@ -178,7 +180,7 @@ def analyze_cert_file(
                 "error",
                 f"{cert_path} holds no PEM certificate.",
                 f"Point ssl_certificate at the certificate chain (Let's Encrypt: "
-                f"/etc/letsencrypt/live/{domain}/fullchain.pem).",
+                f"{paths.LETSENCRYPT_LIVE_DIR}/{domain}/fullchain.pem).",
             )
         ]
     key_der = public_key_der(public_key)
@@ -192,7 +194,7 @@ def analyze_cert_file(
                 f"{matching[0] + 1}, but nginx pairs the key with the first one "
                 f"('{_cn(certs[0])}'), so `nginx -t` reports 'key values mismatch'.",
                 f"Put the server certificate first, then its intermediates: use "
-                f"/etc/letsencrypt/live/{domain}/fullchain.pem as is, or rebuild with "
+                f"{paths.LETSENCRYPT_LIVE_DIR}/{domain}/fullchain.pem as is, or rebuild with "
                 "`cat cert.pem chain.pem > fullchain.pem`.",
             )
         ]
@@ -347,7 +349,7 @@ def _order_findings(sent, leaf, path, outcome, domain) -> list[Finding]:
                 "The server also sends certificates that are not part of its chain: "
                 f"{', '.join(repr(_cn(c)) for c in extras)}.",
                 "Serve only the server certificate and its own intermediates "
-                f"(/etc/letsencrypt/live/{domain}/fullchain.pem).",
+                f"({paths.LETSENCRYPT_LIVE_DIR}/{domain}/fullchain.pem).",
             )
         )
     return findings
@@ -562,7 +564,7 @@ _HANDSHAKE_FIX = (
 def _fullchain_fix(domain: str) -> str:
     return (
         f"Serve the full chain: in the nginx site set `ssl_certificate "
-        f"/etc/letsencrypt/live/{domain}/fullchain.pem;` (not cert.pem), then "
+        f"{paths.LETSENCRYPT_LIVE_DIR}/{domain}/fullchain.pem;` (not cert.pem), then "
         "`nginx -t && systemctl reload nginx`."
     )
 
@@ -570,7 +572,7 @@ def _fullchain_fix(domain: str) -> str:
 def _order_fix(domain: str) -> str:
     return (
         "Put the server certificate first, then each intermediate followed by its issuer: use "
-        f"/etc/letsencrypt/live/{domain}/fullchain.pem as is, or rebuild the file with "
+        f"{paths.LETSENCRYPT_LIVE_DIR}/{domain}/fullchain.pem as is, or rebuild the file with "
         "`cat cert.pem chain.pem > fullchain.pem`; then `nginx -t && systemctl reload nginx`."
     )
 

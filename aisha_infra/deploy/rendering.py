@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pyinfra.api.util import get_template
 
+from aisha_infra.deploy import paths
 from aisha_infra.deploy.settings import Settings
 
 # Package data (templates/ in the repository).
@@ -20,45 +21,9 @@ TEMPLATE_DIR = Path(str(importlib.resources.files("aisha_infra.templates")))
 JINJA_OPTIONS = {"trim_blocks": True, "lstrip_blocks": True}
 MANAGED_BANNER = "Managed by aisha-infra (pyinfra); local changes are overwritten."
 
-# Where each rendered file lands on the host.
-SITE_NAME = "aisha-webhook"
-NGINX_SITE_PATH = f"/etc/nginx/sites-available/{SITE_NAME}.conf"
-NGINX_SITE_LINK = f"/etc/nginx/sites-enabled/{SITE_NAME}.conf"
-NGINX_CERT_SNIPPET_PATH = f"/etc/nginx/snippets/{SITE_NAME}-certificate.conf"
-SERVICE_UNIT_PATH = "/etc/systemd/system/aisha-api.service"
-SOCKET_UNIT_PATH = "/etc/systemd/system/aisha-api.socket"
-LOGROTATE_PATH = "/etc/logrotate.d/aisha"
-CERTBOT_DROPIN_PATH = "/etc/systemd/system/certbot.service.d/aisha-acme-ca.conf"
-RENEWAL_HOOK_PATH = "/etc/letsencrypt/renewal-hooks/deploy/aisha-reload-nginx.sh"
-BACKUP_SERVICE_PATH = "/etc/systemd/system/aisha-backup.service"
-BACKUP_TIMER_PATH = "/etc/systemd/system/aisha-backup.timer"
-BACKUP_STAGING_DIRECTORY = "aisha-backup"  # below /run, the backup service's RuntimeDirectory
-# A renewal hook whose reload nginx refused leaves this flag; the retry timer clears it.
-# In /run: after a reboot nginx starts with the current certificate anyway.
-RELOAD_PENDING_FLAG = "/run/aisha-nginx-reload-pending"
-RELOAD_RETRY_SERVICE_PATH = "/etc/systemd/system/aisha-nginx-reload-retry.service"
-RELOAD_RETRY_TIMER_PATH = "/etc/systemd/system/aisha-nginx-reload-retry.timer"
 RELOAD_RETRY_MINUTES = 5
-ACME_WEBROOT = "/var/www/aisha-acme"
-NGINX_ERROR_LOG = "/var/log/nginx/error.log"
-# The on-host watch (tasks/watch.py): program, configuration, results.
 WATCH_USER = "aisha-watch"
-WATCH_SCRIPT_PATH = "/usr/local/lib/aisha-watch/aisha_watch.py"
-WATCH_CONFIG_DIR = "/etc/aisha-watch"
-WATCH_CONFIG_PATH = f"{WATCH_CONFIG_DIR}/config.json"
-WATCH_ALERT_URL_PATH = f"{WATCH_CONFIG_DIR}/alert-webhook-url"
-WATCH_STATE_DIR = "/var/lib/aisha-watch"  # last.json, notified.json, aisha.prom
-WATCH_LAST_RESULT_PATH = f"{WATCH_STATE_DIR}/last.json"
-WATCH_LIVE_COPY_DIR = "/run/aisha-watch-live"
-WATCH_SERVICE_PATH = "/etc/systemd/system/aisha-watch.service"
-WATCH_TIMER_PATH = "/etc/systemd/system/aisha-watch.timer"
-CERTBOT_ONFAILURE_DROPIN_PATH = "/etc/systemd/system/certbot.service.d/aisha-watch.conf"
-NODE_EXPORTER_DEFAULTS_PATH = "/etc/default/prometheus-node-exporter"
 NODE_EXPORTER_PORT = 9100
-REMOTE_JWKS_NAME = "fal-jwks.json"
-# A release (<base>/releases/<id>) holds app/, the unit, the app's environment and the JWKS.
-RELEASE_UNIT_NAME = "aisha-api.service"
-RELEASE_ENV_NAME = "aisha-api.env"
 
 
 def template_path(name: str) -> Path:
@@ -90,12 +55,12 @@ def site_context(s: Settings, http2_directive: bool = False) -> dict:
         "http_port": s.nginx_http_port,
         "app_port": s.app_port,
         "log_dir": s.aisha_log_dir,
-        "nginx_error_log": NGINX_ERROR_LOG,
+        "nginx_error_log": paths.NGINX_ERROR_LOG,
         "max_body_bytes": s.app_max_body_bytes,
         "rate_limit_per_second": s.nginx_rate_limit_per_second,
         "rate_limit_burst": s.nginx_rate_limit_burst,
-        "acme_webroot": ACME_WEBROOT,
-        "certificate_snippet": NGINX_CERT_SNIPPET_PATH,
+        "acme_webroot": paths.ACME_WEBROOT,
+        "certificate_snippet": paths.NGINX_CERT_SNIPPET_PATH,
     }
 
 
@@ -128,11 +93,11 @@ def app_environment(s: Settings) -> dict:
 
 def remote_jwks_path(s: Settings) -> str:
     # in the release, beside app/ (the code upload deletes files it does not know)
-    return f"{s.current_release_link}/{REMOTE_JWKS_NAME}"
+    return f"{s.current_release_link}/{paths.REMOTE_JWKS_NAME}"
 
 
 def environment_file_path(s: Settings) -> str:
-    return f"{s.current_release_link}/{RELEASE_ENV_NAME}"
+    return f"{s.current_release_link}/{paths.RELEASE_ENV_NAME}"
 
 
 # Names whose values are secrets: never in a world-readable file, a diff or a log.
@@ -193,9 +158,9 @@ def logrotate_context(s: Settings) -> dict:
 
 def renewal_hook_context(s: Settings) -> dict:
     return {
-        "reload_pending_flag": RELOAD_PENDING_FLAG,
-        "retry_timer": Path(RELOAD_RETRY_TIMER_PATH).name,
-        "renewal_hook": RENEWAL_HOOK_PATH,
+        "reload_pending_flag": paths.RELOAD_PENDING_FLAG,
+        "retry_timer": Path(paths.RELOAD_RETRY_TIMER_PATH).name,
+        "renewal_hook": paths.RENEWAL_HOOK_PATH,
         "retry_minutes": RELOAD_RETRY_MINUTES,
     }
 
@@ -208,8 +173,8 @@ def backup_service_context(s: Settings) -> dict:
         "data_dir": s.aisha_data_dir,
         "database": s.events_database_path,
         "state_directory": s.aisha_data_dir.removeprefix("/var/lib/"),
-        "staging_directory": BACKUP_STAGING_DIRECTORY,
-        "staged_snapshot": f"/run/{BACKUP_STAGING_DIRECTORY}/events.sqlite3",
+        "staging_directory": paths.BACKUP_STAGING_DIRECTORY,
+        "staged_snapshot": f"/run/{paths.BACKUP_STAGING_DIRECTORY}/events.sqlite3",
         "backup_dir": s.backup_dir,
         "keep": s.backup_keep,
         "keep_days": s.events_keep_days,
@@ -224,7 +189,7 @@ def watch_config(s: Settings, host_name: str) -> dict:
     """The watch's configuration file (no secret: the alert URL is a systemd credential)."""
     expected = [s.selfsigned_cert_path]
     if s.tls_mode == "letsencrypt":  # live once issued; self-signed while degraded
-        expected.insert(0, f"{WATCH_LIVE_COPY_DIR}/cert.pem")
+        expected.insert(0, f"{paths.WATCH_LIVE_COPY_DIR}/cert.pem")
     return {
         "host": host_name,
         "domain": s.aisha_domain,
@@ -233,7 +198,7 @@ def watch_config(s: Settings, host_name: str) -> dict:
         "certificate_min_days": s.watch_certificate_min_days,
         "disk_min_free_percent": s.watch_disk_min_free_percent,
         "data_dir": s.aisha_data_dir,
-        "state_dir": WATCH_STATE_DIR,
+        "state_dir": paths.WATCH_STATE_DIR,
         "alert_fields": s.alert_webhook_fields or {},
     }
 
@@ -241,12 +206,12 @@ def watch_config(s: Settings, host_name: str) -> dict:
 def watch_service_context(s: Settings) -> dict:
     return {
         "watch_user": WATCH_USER,
-        "script": WATCH_SCRIPT_PATH,
-        "config": WATCH_CONFIG_PATH,
-        "state_directory": WATCH_STATE_DIR.removeprefix("/var/lib/"),
+        "script": paths.WATCH_SCRIPT_PATH,
+        "config": paths.WATCH_CONFIG_PATH,
+        "state_directory": paths.WATCH_STATE_DIR.removeprefix("/var/lib/"),
         "live_certificate": f"{s.letsencrypt_live_dir}/cert.pem" if s.tls_mode == "letsencrypt" else None,
-        "live_copy_dir": WATCH_LIVE_COPY_DIR,
-        "alert_credential": WATCH_ALERT_URL_PATH if s.alert_webhook_url else None,
+        "live_copy_dir": paths.WATCH_LIVE_COPY_DIR,
+        "alert_credential": paths.WATCH_ALERT_URL_PATH if s.alert_webhook_url else None,
     }
 
 
@@ -257,4 +222,4 @@ def watch_timer_context(s: Settings) -> dict:
 def node_exporter_context(s: Settings) -> dict:
     # Only localhost can scrape unless metrics_allow_from opens the port in ufw.
     address = "" if s.metrics_allow_from else "127.0.0.1"
-    return {"listen": f"{address}:{NODE_EXPORTER_PORT}", "textfile_directory": WATCH_STATE_DIR}
+    return {"listen": f"{address}:{NODE_EXPORTER_PORT}", "textfile_directory": paths.WATCH_STATE_DIR}

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from aisha_infra.deploy import paths
+
 # The bundled reference app: package data (backend/ in the repository).
 BUNDLED_BACKEND = Path(str(importlib.resources.files("aisha_infra.backend")))
 
@@ -180,23 +182,23 @@ class Settings:
     @property
     def app_dir(self) -> str:
         """The running release's code: a link to current/app."""
-        return f"{self.aisha_base_dir}/app"
+        return f"{self.aisha_base_dir}/{paths.APP_LINK_NAME}"
 
     @property
     def releases_dir(self) -> str:
-        return f"{self.aisha_base_dir}/releases"
+        return f"{self.aisha_base_dir}/{paths.RELEASES_DIR_NAME}"
 
     @property
     def current_release_link(self) -> str:
-        return f"{self.aisha_base_dir}/current"
+        return f"{self.aisha_base_dir}/{paths.CURRENT_RELEASE_LINK_NAME}"
 
     @property
     def venv_dir(self) -> str:
-        return f"{self.aisha_base_dir}/venv"
+        return f"{self.aisha_base_dir}/{paths.VENV_DIR_NAME}"
 
     @property
     def ssl_dir(self) -> str:
-        return f"{self.aisha_base_dir}/ssl"
+        return f"{self.aisha_base_dir}/{paths.SSL_DIR_NAME}"
 
     @property
     def selfsigned_key_path(self) -> str:
@@ -235,7 +237,7 @@ class Settings:
 
     @property
     def letsencrypt_live_dir(self) -> str:
-        return f"/etc/letsencrypt/live/{self.aisha_domain}"
+        return f"{paths.LETSENCRYPT_LIVE_DIR}/{self.aisha_domain}"
 
     @property
     def app_source_dir(self) -> Path:
@@ -265,7 +267,7 @@ class Settings:
 
     @property
     def events_database_path(self) -> str:
-        return f"{self.aisha_data_dir}/events.sqlite3"
+        return f"{self.aisha_data_dir}/{paths.EVENTS_DATABASE_NAME}"
 
     @property
     def webhook_url(self) -> str:

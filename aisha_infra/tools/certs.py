@@ -13,11 +13,12 @@ import os
 import sys
 from pathlib import Path
 
+from aisha_infra.deploy import paths
 from aisha_infra.deploy.inventory import InventoryError
 from aisha_infra.tools.ssh import SSHError, SSHHost, add_ssh_arguments, ssh_overrides
 
 EXPORT_TIMEOUT_S = 300
-EXPORT_COMMAND = "test -d /etc/letsencrypt/live && tar -C /etc -czpf - letsencrypt"
+EXPORT_COMMAND = f"test -d {paths.LETSENCRYPT_LIVE_DIR} && tar -C /etc -czpf - letsencrypt"
 
 
 def export_letsencrypt(ssh: SSHHost, out: Path) -> Path:

@@ -38,6 +38,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from aisha_infra.checks import health
+from aisha_infra.deploy import paths
 from aisha_infra.tools.ssh import SSHError, SSHHost, SSHTimeout, add_ssh_arguments, ssh_flags_given, ssh_overrides
 from aisha_infra.checks.tlscheck import (
     Finding,
@@ -65,7 +66,6 @@ SSH_TIMEOUT = 20
 # RFC 6761/2606 names that never exist in public DNS: fine in a lab, impossible for fal.
 RESERVED_SUFFIXES = (".test", ".example", ".invalid", ".localhost")
 SERVICES = ("nginx", "aisha-api")
-NGINX_CONF = "/etc/nginx/nginx.conf"
 
 # run(command) -> (exit status, stdout, stderr), on the host being diagnosed.
 Runner = Callable[[str], tuple[int, str, str]]
@@ -350,7 +350,7 @@ def check_host(
     port: int = DEFAULT_PORT,
     *,
     served_leaf: x509.Certificate | None = None,
-    nginx_conf: str = NGINX_CONF,
+    nginx_conf: str = paths.NGINX_CONF,
 ) -> list[Finding]:
     """Host-side findings, with read-only commands only. `served_leaf`: the
     certificate the server sent, to spot a file nginx has not reloaded."""
@@ -586,7 +586,7 @@ MAX_CONFIG_FILES = 200
 _SAFE_GLOB = re.compile(r"^[A-Za-z0-9_./*?@+=:,\[\]-]+$")
 
 
-def read_nginx_config(run: Runner, nginx_conf: str = NGINX_CONF) -> dict[str, str]:
+def read_nginx_config(run: Runner, nginx_conf: str = paths.NGINX_CONF) -> dict[str, str]:
     """nginx's configuration files {path: text}, as `nginx -T` dumps them. When the
     configuration is broken (e.g. a key that does not match its certificate), `nginx
     -T` prints nothing, so follow the includes with `cat` the way nginx would."""

@@ -25,7 +25,7 @@ import urllib3
 
 from aisha_infra.checks import health
 from aisha_infra.tools import diagnose
-from aisha_infra.deploy import rendering
+from aisha_infra.deploy import paths
 from aisha_infra.deploy.settings import Settings, SettingsError, build_settings
 from aisha_infra.tools.ssh import SSHError, add_ssh_arguments
 from aisha_infra.checks.tlscheck import (
@@ -108,7 +108,7 @@ class HostStatus:
 
 def host_facts(run: diagnose.Runner, settings: Settings) -> dict:
     """Everything read on the host, in one SSH round trip (one command)."""
-    arguments = json.dumps([rendering.WATCH_LAST_RESULT_PATH, settings.aisha_data_dir])
+    arguments = json.dumps([paths.WATCH_LAST_RESULT_PATH, settings.aisha_data_dir])
     script = HOST_FACTS_SCRIPT.replace("ARGS", repr(arguments), 1)
     rc, out, err = run(f"python3 -c {shlex.quote(script)}")
     if rc != 0:

@@ -67,5 +67,5 @@ def run_deploy(hosts_file: Path, *extra_args: str, cwd: Path = PROJECT_ROOT, tim
 def copy_project(dest: Path) -> Path:
     """A copy of the deploy (code, tasks, templates) to break on purpose."""
     ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".pytest_cache", "*.egg-info", "bench")
-    shutil.copytree(PROJECT_ROOT, dest, ignore=ignore)
+    shutil.copytree(PROJECT_ROOT, dest, ignore=ignore, symlinks=True)
     return dest

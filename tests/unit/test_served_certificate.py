@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from aisha_infra.deploy import rendering
+from aisha_infra.deploy import paths, rendering
 from aisha_infra.deploy.facts import tls as tls_facts
 from aisha_infra.deploy.facts.tls import ServedCertificate
 from aisha_infra.deploy.operations import verify
@@ -128,13 +128,13 @@ def test_retry_units_pass_systemd_analyze_verify(tmp_path):
         pytest.skip("systemd-analyze is not installed")
     context = rendering.renewal_hook_context(build_settings({"aisha_domain": "aibots.test"}))
     units = []
-    for dest in (rendering.RELOAD_RETRY_SERVICE_PATH, rendering.RELOAD_RETRY_TIMER_PATH):
+    for dest in (paths.RELOAD_RETRY_SERVICE_PATH, paths.RELOAD_RETRY_TIMER_PATH):
         unit = tmp_path / Path(dest).name
         unit.write_text(rendering.render(f"systemd/{unit.name}.j2", context))
         units.append(str(unit))
     service = Path(units[0]).read_text()
-    assert f"ConditionPathExists={rendering.RELOAD_PENDING_FLAG}" in service
-    assert f"nginx -t -q && systemctl reload nginx.service && rm -f {rendering.RELOAD_PENDING_FLAG}" in service
+    assert f"ConditionPathExists={paths.RELOAD_PENDING_FLAG}" in service
+    assert f"nginx -t -q && systemctl reload nginx.service && rm -f {paths.RELOAD_PENDING_FLAG}" in service
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", *units], capture_output=True, text=True)
     ours = [line for line in result.stderr.splitlines() if "aisha-nginx-reload-retry" in line]
     assert result.returncode == 0 and not ours, result.stderr

@@ -8,7 +8,7 @@ import json
 import sqlite3
 import subprocess
 
-from aisha_infra.deploy import rendering
+from aisha_infra.deploy import paths
 from aisha_infra.tools import status
 from aisha_infra.deploy.settings import Settings
 
@@ -44,7 +44,7 @@ def test_host_facts_in_one_command_from_the_store_and_the_watch(tmp_path, monkey
     db.commit()
     last = tmp_path / "last.json"
     last.write_text(json.dumps({"time": NOW.timestamp(), "ok": True, "problems": [], "checks": {}}))
-    monkeypatch.setattr(rendering, "WATCH_LAST_RESULT_PATH", str(last))
+    monkeypatch.setattr(paths, "WATCH_LAST_RESULT_PATH", str(last))
     commands: list[str] = []
 
     facts = status.host_facts(local_runner(commands), Settings(aisha_domain="aibots.test", aisha_data_dir=str(data_dir)))
@@ -57,7 +57,7 @@ def test_host_facts_in_one_command_from_the_store_and_the_watch(tmp_path, monkey
 
 
 def test_missing_store_and_watch_are_reported_as_unknown(tmp_path, monkeypatch):
-    monkeypatch.setattr(rendering, "WATCH_LAST_RESULT_PATH", str(tmp_path / "none.json"))
+    monkeypatch.setattr(paths, "WATCH_LAST_RESULT_PATH", str(tmp_path / "none.json"))
     facts = status.host_facts(local_runner([]), Settings(aisha_domain="aibots.test", aisha_data_dir=str(tmp_path)))
     assert facts["deliveries"] is None and facts["watch"] is None
 

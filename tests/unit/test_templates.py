@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aisha_infra.deploy import rendering
+from aisha_infra.deploy import paths, rendering
 from aisha_infra.deploy.settings import build_settings
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -46,9 +46,9 @@ def nginx_test(tmp_path: Path, site: str, snippet: str) -> subprocess.CompletedP
     """`nginx -t` on the rendered site inside a throwaway prefix (Debian's mime.types)."""
     snippet_path = tmp_path / "certificate.conf"
     snippet_path.write_text(snippet)
-    site = site.replace(rendering.NGINX_CERT_SNIPPET_PATH, str(snippet_path))
+    site = site.replace(paths.NGINX_CERT_SNIPPET_PATH, str(snippet_path))
     # nginx -t opens every log file: keep it out of /var/log (the unit tests need no root)
-    (tmp_path / "site.conf").write_text(site.replace(rendering.NGINX_ERROR_LOG, str(tmp_path / "nginx-error.log")))
+    (tmp_path / "site.conf").write_text(site.replace(paths.NGINX_ERROR_LOG, str(tmp_path / "nginx-error.log")))
     (tmp_path / "nginx.conf").write_text(
         f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
         f"http {{\n include /etc/nginx/mime.types;\n include {tmp_path}/site.conf;\n}}\n"

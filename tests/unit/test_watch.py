@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from aisha_infra.deploy import rendering
+from aisha_infra.deploy import paths, rendering
 from aisha_infra.deploy.onhost import aisha_watch
 from aisha_infra.deploy.settings import SettingsError, build_settings
 from tests.unit.certfactory import DAY, NOW, make_leaf, make_root, make_self_signed, write_pem
@@ -162,7 +162,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
     assert "hooks.slack.com" not in service
     assert "/etc/letsencrypt/live/aibots.test/cert.pem" in service and "privkey" not in service
     assert "OnUnitActiveSec=300s" in timer
-    (tmp_path / "aisha-watch.service").write_text(service.replace(rendering.WATCH_SCRIPT_PATH, aisha_watch.__file__))
+    (tmp_path / "aisha-watch.service").write_text(service.replace(paths.WATCH_SCRIPT_PATH, aisha_watch.__file__))
     (tmp_path / "aisha-watch.timer").write_text(timer)
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "aisha-watch.timer"),
                              str(tmp_path / "aisha-watch.service")], capture_output=True, text=True)

@@ -14,7 +14,7 @@ from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operat
 from pyinfra.facts.files import File, FileContents, Sha1File
 from pyinfra.operations import files
 
-from aisha_infra.deploy import rendering
+from aisha_infra.deploy import paths, rendering
 from aisha_infra.deploy.facts.files import DirectoryTree
 from aisha_infra.deploy.facts.releases import ReleaseState
 
@@ -221,7 +221,7 @@ def activation_script(base: str, release: str, unit: str, service: str, keep: in
         # <base>/app (commands may name it) follows current; the old layout's directory
         # stays aside until the release serves.
         'if test -d app && ! test -L app; then rm -rf .app.before && mv app .app.before; fi',
-        f'if link "$new" && ln -sfn current/app app && install_unit "$new/{rendering.RELEASE_UNIT_NAME}" && started; then',
+        f'if link "$new" && ln -sfn current/app app && install_unit "$new/{paths.RELEASE_UNIT_NAME}" && started; then',
         '  case "$old" in releases/*) test "$old" = "$new" || ln -sfn "$old" previous;; esac',
         '  touch "$new"; rm -rf .app.before',
         *(f"  rm -f {q(path)}" for path in legacy_files),
@@ -259,7 +259,7 @@ def release_activated(base: str, unit: str, service: str, keep: int, release: st
     + unit_sha1: SHA1 of the release's unit (known before it is uploaded)
     + legacy_files: files of the layout before releases, removed once a release serves
     """
-    facts = host.get_fact(ReleaseState, base=base, unit=unit, release_unit=rendering.RELEASE_UNIT_NAME) or {}
+    facts = host.get_fact(ReleaseState, base=base, unit=unit, release_unit=paths.RELEASE_UNIT_NAME) or {}
     if release is None:
         previous = facts.get("previous", "")
         if not previous.startswith("releases/"):

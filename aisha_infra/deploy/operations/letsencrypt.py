@@ -20,6 +20,7 @@ from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.facts.hardware import Ipv4Addrs, Ipv6Addrs
 from pyinfra.operations import files
 
+from aisha_infra.deploy import paths
 from aisha_infra.deploy.facts.tls import CertificateState
 from aisha_infra.deploy.letsencrypt_archive import ArchiveError, checked_archive
 
@@ -171,7 +172,7 @@ def certificate(
     + known_addresses: addresses the host is reached at (besides its interfaces' own),
       to tell a name pointing elsewhere from a closed port 80
     """
-    live = f"/etc/letsencrypt/live/{names[0]}"
+    live = f"{paths.LETSENCRYPT_LIVE_DIR}/{names[0]}"
     state = host.get_fact(CertificateState, cert=f"{live}/fullchain.pem", key=f"{live}/privkey.pem")
     problem = certificate_problem(state, names, time.time())
     if problem is None:
@@ -214,7 +215,6 @@ def fail_host(state, host, message: str) -> bool:
     return False
 
 
-RESTORE_PAYLOAD = "/root/.aisha-letsencrypt-restore.tar.gz"
 
 
 def restore_command(payload: str) -> str:
@@ -249,5 +249,5 @@ def restore_archive(archive: str, live_dir: str):
         checked = checked_archive(archive, posixpath.basename(live_dir))
     except ArchiveError as exc:  # changed since settings validation accepted it
         raise OperationError(f"letsencrypt_restore_archive {archive!r} {exc}") from None
-    yield from files.put._inner(src=io.BytesIO(checked), dest=RESTORE_PAYLOAD, mode="0600", user="root", group="root")
-    yield restore_command(RESTORE_PAYLOAD)
+    yield from files.put._inner(src=io.BytesIO(checked), dest=paths.RESTORE_PAYLOAD, mode="0600", user="root", group="root")
+    yield restore_command(paths.RESTORE_PAYLOAD)

@@ -1,0 +1,1 @@
+"""The deploy library: settings and their validation, rendering, custom operations and facts."""

@@ -1,0 +1,1 @@
+"""pyinfra facts this project needs and pyinfra does not ship."""

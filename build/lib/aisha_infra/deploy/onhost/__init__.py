@@ -1,0 +1,1 @@
+"""Programs the deploy ships to the hosts and runs there (Python standard library only)."""

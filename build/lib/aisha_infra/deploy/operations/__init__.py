@@ -1,0 +1,1 @@
+"""pyinfra operations this project needs and pyinfra does not ship."""

@@ -1,0 +1,1 @@
+"""Disposable Debian test hosts (systemd-nspawn in their own network namespaces)."""

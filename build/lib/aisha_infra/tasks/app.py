@@ -1,0 +1,141 @@
+import glob
+import hashlib
+from io import StringIO
+from pathlib import Path
+
+from pyinfra.api import deploy
+from pyinfra.operations import files, server, systemd
+
+from aisha_infra.deploy import paths, rendering
+from aisha_infra.deploy.operations.app import (
+    lists_packages,
+    mirrored_directory,
+    release_activated,
+    release_id,
+    requirements_installed,
+    secret_file,
+    virtualenv,
+)
+from aisha_infra.deploy.settings import Settings
+
+UPLOAD_EXCLUDE = ["*.pyc", "__pycache__", ".git", ".venv"]
+UPLOAD_EXCLUDE_DIR = ["__pycache__", "*/__pycache__", ".git", ".venv", ".pytest_cache"]
+
+
+@deploy("App")
+def deploy_app(settings: Settings):
+    """Each release (code, unit, environment, JWKS) lands in <base>/releases/<id>, named
+    after its content; it serves only once it came up (else the old one keeps serving)."""
+    source = settings.app_source_dir
+    # The bundled backend is a package of ours only on the control machine.
+    exclude = UPLOAD_EXCLUDE + ([] if settings.app_source else [glob.escape(f"{source}/__init__.py")])
+    unit = rendering.render("systemd/aisha-api.service.j2", rendering.service_context(settings))
+    environment = rendering.environment_file(settings)
+    jwks = Path(settings.fal_jwks_file).read_bytes() if settings.fal_jwks_file else b""
+    release = release_id(source, exclude, UPLOAD_EXCLUDE_DIR, unit, environment, jwks)
+    release_dir = f"{settings.releases_dir}/{release}"
+
+    for path in (settings.releases_dir, release_dir):
+        files.directory(name=f"Create {path}", path=path, user="root", group="root", mode="0755")
+    mirrored_directory(
+        name=f"Upload backend from {source.name}/ to {release_dir}/app",
+        src=str(source),
+        dest=f"{release_dir}/app",
+        user="root",
+        group="root",
+        mode="0644",
+        dir_mode="0755",
+        exclude=exclude,
+        exclude_dir=UPLOAD_EXCLUDE_DIR,
+    )
+    secret_file(
+        name=f"Write the app's environment (0600 root) in release {release}",
+        dest=f"{release_dir}/{paths.RELEASE_ENV_NAME}",
+        content=environment,
+    )
+    if settings.fal_jwks_file:  # configuration, not a fact: fixed for the whole run
+        files.put(
+            name=f"Upload fal's JWKS to release {release}",
+            src=settings.fal_jwks_file,
+            dest=f"{release_dir}/{paths.REMOTE_JWKS_NAME}",
+            user="root",
+            group="root",
+            mode="0644",
+        )
+    files.put(
+        name=f"Render aisha-api.service for release {release}",
+        src=StringIO(unit),
+        dest=f"{release_dir}/{paths.RELEASE_UNIT_NAME}",
+        user="root",
+        group="root",
+        mode="0644",
+    )
+    virtualenv(name=f"Create virtualenv {settings.venv_dir}", path=settings.venv_dir)
+    if lists_packages(source / "requirements.txt"):  # the local source: fixed for the run
+        requirements_installed(
+            name="Install the backend's requirements.txt",
+            venv=settings.venv_dir,
+            requirements=f"{release_dir}/app/requirements.txt",
+            _timeout=settings.pip_timeout,
+        )
+
+    if settings.uses_socket_activation:
+        socket_unit = files.template(
+            name="Render aisha-api.socket",
+            **rendering.template_source("systemd/aisha-api.socket.j2"),
+            dest=paths.SOCKET_UNIT_PATH,
+            **rendering.socket_context(settings),
+        )
+    else:
+        # The backend binds the port itself: the socket must not hold it.
+        systemd.service(
+            name="Stop aisha-api.socket (the backend binds its own port)",
+            service="aisha-api.socket",
+            running=False,
+            enabled=False,
+        )
+        socket_unit = files.file(name="Remove aisha-api.socket", path=paths.SOCKET_UNIT_PATH, present=False)
+    systemd.daemon_reload(name="Reload systemd units", _if=socket_unit.did_change)
+    if settings.uses_socket_activation:
+        # A new port needs a new socket; the service holds the old one until it stops.
+        # (A new host has no service unit yet: its first release brings it.)
+        server.shell(
+            name="Move aisha-api to its new socket",
+            commands=["systemctl stop aisha-api.socket && if systemctl cat aisha-api.service >/dev/null 2>&1; "
+                      "then systemctl stop aisha-api.service; fi"],
+            _if=socket_unit.did_change,
+        )
+    release_activated(
+        name=f"Serve release {release} (back to the old one if it does not start)",
+        base=settings.aisha_base_dir,
+        release=release,
+        unit=paths.SERVICE_UNIT_PATH,
+        unit_sha1=hashlib.sha1(unit.encode()).hexdigest(),
+        service="aisha-api.service",
+        keep=settings.app_releases_keep,
+        legacy_files=[f"{settings.aisha_base_dir}/{paths.REMOTE_JWKS_NAME}"],
+    )
+    if settings.uses_socket_activation:
+        systemd.service(
+            name="Listen on 127.0.0.1 (aisha-api.socket)",
+            service="aisha-api.socket",
+            running=True,
+            enabled=True,
+        )
+    systemd.service(
+        name="Run aisha-api.service",
+        service="aisha-api.service",
+        running=True,
+        enabled=True,
+    )
+
+
+@deploy("Rollback")
+def roll_back_app(settings: Settings):
+    release_activated(
+        name="Serve the previous release (back to the current one if it does not start)",
+        base=settings.aisha_base_dir,
+        unit=paths.SERVICE_UNIT_PATH,
+        service="aisha-api.service",
+        keep=settings.app_releases_keep,
+    )

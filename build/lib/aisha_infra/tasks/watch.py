@@ -1,0 +1,118 @@
+import json
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from aisha_infra.deploy import paths, rendering
+from aisha_infra.deploy.onhost import aisha_watch
+from aisha_infra.deploy.settings import Settings
+from aisha_infra.tasks.service_user import create_system_account
+
+
+def metrics_firewall_rules(settings: Settings) -> list[str]:
+    """ufw rules that let only metrics_allow_from scrape node_exporter."""
+    port = rendering.NODE_EXPORTER_PORT
+    return [f"allow from {source} to any port {port} proto tcp" for source in settings.metrics_allow_from]
+
+
+@deploy("Watch")
+def deploy_watch(settings: Settings):
+    """The on-host watch: aisha-watch.timer runs the checker as an unprivileged user;
+    certbot's failures start it at once; node_exporter exports its results (opt-in)."""
+    create_system_account(rendering.WATCH_USER, home=paths.WATCH_STATE_DIR)
+    script = files.put(
+        name=f"Install the checker {paths.WATCH_SCRIPT_PATH}",
+        src=aisha_watch.__file__,
+        dest=paths.WATCH_SCRIPT_PATH,
+        user="root",
+        group="root",
+        mode="0755",
+    )
+    config = files.put(
+        name=f"Watch configuration {paths.WATCH_CONFIG_PATH}",
+        src=StringIO(json.dumps(rendering.watch_config(settings, host.name), indent=2, sort_keys=True) + "\n"),
+        dest=paths.WATCH_CONFIG_PATH,
+        user="root",
+        group="root",
+        mode="0644",
+    )
+    if settings.alert_webhook_url:
+        alert_url = files.put(
+            name="Alert webhook URL (0600 root: it holds a token)",
+            src=StringIO(settings.alert_webhook_url + "\n"),
+            dest=paths.WATCH_ALERT_URL_PATH,
+            user="root",
+            group="root",
+            mode="0600",
+        )
+    else:
+        alert_url = files.file(name="No alert webhook URL", path=paths.WATCH_ALERT_URL_PATH, present=False)
+    service = files.template(
+        name="Render aisha-watch.service",
+        **rendering.template_source("systemd/aisha-watch.service.j2"),
+        dest=paths.WATCH_SERVICE_PATH,
+        **rendering.watch_service_context(settings),
+    )
+    timer = files.template(
+        name=f"Render aisha-watch.timer (every {settings.watch_interval_seconds} s)",
+        **rendering.template_source("systemd/aisha-watch.timer.j2"),
+        dest=paths.WATCH_TIMER_PATH,
+        **rendering.watch_timer_context(settings),
+    )
+    certbot_dropin = files.template(
+        name="A failed certbot.service starts the watch at once (OnFailure=)",
+        **rendering.template_source("systemd/certbot.service.d/aisha-watch.conf.j2"),
+        dest=paths.CERTBOT_ONFAILURE_DROPIN_PATH,
+    )
+    systemd.daemon_reload(name="Reload systemd units", _if=any_changed(service, timer, certbot_dropin))
+
+    if settings.metrics_enabled:
+        apt.packages(
+            name="Install prometheus-node-exporter",
+            packages=["prometheus-node-exporter"],
+            no_recommends=True,
+            update=True,
+            cache_time=3600,
+        )
+        defaults = files.template(
+            name=f"node_exporter listens on {rendering.node_exporter_context(settings)['listen']}, reads the watch's metrics",
+            **rendering.template_source("default/prometheus-node-exporter.j2"),
+            dest=paths.NODE_EXPORTER_DEFAULTS_PATH,
+            **rendering.node_exporter_context(settings),
+        )
+        systemd.service(
+            name="Restart node_exporter for its new arguments",
+            service="prometheus-node-exporter.service",
+            restarted=True,
+            _if=defaults.did_change,
+        )
+        systemd.service(
+            name="Run node_exporter",
+            service="prometheus-node-exporter.service",
+            running=True,
+            enabled=True,
+        )
+
+    # restarted= only acts on a running timer; the next operation starts a stopped one.
+    systemd.service(
+        name="Restart aisha-watch.timer for its new interval",
+        service="aisha-watch.timer",
+        restarted=True,
+        _if=timer.did_change,
+    )
+    systemd.service(name="Run aisha-watch.timer", service="aisha-watch.timer", running=True, enabled=True)
+    # A new checker or configuration reports at once instead of at the next tick.
+    server.shell(
+        name="Check once now with the new watch",
+        commands=["systemctl start aisha-watch.service"],
+        _if=any_changed(script, config, alert_url, service),
+    )
+
+
+@deploy("Watch (off)")
+def stop_watch(settings: Settings):
+    """watch_enabled = False: the timer no longer runs (its files stay, inert)."""
+    systemd.service(name="Stop aisha-watch.timer", service="aisha-watch.timer", running=False, enabled=False)

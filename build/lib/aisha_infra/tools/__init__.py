@@ -1,0 +1,1 @@
+"""The operator tools behind `aisha-infra` (diagnose, rollout, status, certs, events, webhook)."""
