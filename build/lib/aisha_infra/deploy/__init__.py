@@ -1,1 +1,0 @@
-"""The deploy library: settings and their validation, rendering, custom operations and facts."""

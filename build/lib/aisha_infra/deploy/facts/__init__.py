@@ -1,1 +1,0 @@
-"""pyinfra facts this project needs and pyinfra does not ship."""

@@ -1,1 +1,0 @@
-"""Programs the deploy ships to the hosts and runs there (Python standard library only)."""

@@ -1,1 +1,0 @@
-"""pyinfra operations this project needs and pyinfra does not ship."""

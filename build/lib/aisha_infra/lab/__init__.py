@@ -1,1 +1,0 @@
-"""Disposable Debian test hosts (systemd-nspawn in their own network namespaces)."""

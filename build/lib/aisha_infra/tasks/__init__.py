@@ -1,1 +1,0 @@
-"""One pyinfra @deploy per concern; deploy.py decides their order."""

@@ -1,1 +1,0 @@
-"""The operator tools behind `aisha-infra` (diagnose, rollout, status, certs, events, webhook)."""
