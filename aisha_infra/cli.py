@@ -9,7 +9,7 @@ import sys
 # sub-command -> module providing register(subparsers) and run(args) -> int
 COMMANDS = {
     "lab": "aisha_infra.lab.hosts",
-    "diagnose": "aisha_infra.tools.diagnose",
+    "diagnose": "aisha_infra.tools.diagnose.command",
     "rollout": "aisha_infra.tools.rollout",
     "certs": "aisha_infra.tools.certs",
     "events": "aisha_infra.tools.events",

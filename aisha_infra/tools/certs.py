@@ -56,7 +56,7 @@ def register(subparsers) -> None:
 def _ssh_host(args) -> SSHHost:
     data: dict = {}
     if args.inventory:
-        from aisha_infra.tools.diagnose import load_inventory
+        from aisha_infra.tools.diagnose.targets import load_inventory
 
         hosts = dict(load_inventory(args.inventory))
         if args.host not in hosts:

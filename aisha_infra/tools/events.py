@@ -85,7 +85,7 @@ def sources(target: str, overrides: dict) -> list[Source]:
     if Path(target).suffix != ".py":
         raise PullError(f"{target} is not a pyinfra inventory (.py); for a hosts file run "
                         f"`AISHA_HOSTS={target} aisha-infra events pull inventory.py ...`")
-    from aisha_infra.tools.diagnose import load_inventory  # pyinfra's merge of group data, without pyinfra_cli
+    from aisha_infra.tools.diagnose.targets import load_inventory  # pyinfra's merge of group data, without pyinfra_cli
 
     return [
         Source(name, SSHHost.from_data(name, data, **overrides), data.get("backup_dir") or Settings.backup_dir)

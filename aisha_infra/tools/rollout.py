@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aisha_infra.checks import health
-from aisha_infra.tools.diagnose import _is_host_group, load_inventory
+from aisha_infra.tools.diagnose.targets import _is_host_group, load_inventory
 from aisha_infra.deploy.inventory import InventoryError
 from aisha_infra.deploy.settings import Settings, SettingsError, build_settings
 from aisha_infra.tools.ssh import SSHHost

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 import urllib3
 
 from aisha_infra.checks import health
-from aisha_infra.tools import diagnose
 from aisha_infra.deploy import paths
 from aisha_infra.deploy.settings import Settings, SettingsError, build_settings
+from aisha_infra.tools.diagnose.diagnosis import Target
+from aisha_infra.tools.diagnose.remote import Runner, last_line
+from aisha_infra.tools.diagnose.targets import load_inventory, target_for_host
 from aisha_infra.tools.ssh import SSHError, add_ssh_arguments
 from aisha_infra.checks.tlscheck import (
     analyze_chain,
@@ -106,17 +108,17 @@ class HostStatus:
         return {**self.__dict__, "ok": self.ok}
 
 
-def host_facts(run: diagnose.Runner, settings: Settings) -> dict:
+def host_facts(run: Runner, settings: Settings) -> dict:
     """Everything read on the host, in one SSH round trip (one command)."""
     arguments = json.dumps([paths.WATCH_LAST_RESULT_PATH, settings.aisha_data_dir])
     script = HOST_FACTS_SCRIPT.replace("ARGS", repr(arguments), 1)
     rc, out, err = run(f"python3 -c {shlex.quote(script)}")
     if rc != 0:
-        raise RuntimeError(diagnose._last_line(err) or f"exit status {rc}")
+        raise RuntimeError(last_line(err) or f"exit status {rc}")
     return json.loads(out)
 
 
-def check_host(target: diagnose.Target, settings: Settings, now: datetime.datetime) -> HostStatus:
+def check_host(target: Target, settings: Settings, now: datetime.datetime) -> HostStatus:
     status = HostStatus(target.name, target.domain)
     with ThreadPoolExecutor(max_workers=1) as pool:  # the SSH round trip runs beside the TLS checks
         facts_future = pool.submit(host_facts, target.ssh, settings) if target.ssh else None
@@ -131,7 +133,7 @@ def check_host(target: diagnose.Target, settings: Settings, now: datetime.dateti
     return status
 
 
-def _check_from_outside(status: HostStatus, target: diagnose.Target, settings: Settings, now: datetime.datetime) -> None:
+def _check_from_outside(status: HostStatus, target: Target, settings: Settings, now: datetime.datetime) -> None:
     served = fetch_served_chain(target.address, target.port, target.domain, TLS_TIMEOUT)
     if served.error:
         finding = connection_finding(served, target.address, target.port, target.domain)
@@ -210,12 +212,12 @@ def _duration(seconds: float) -> str:
 
 def collect(inventory: str, args: argparse.Namespace) -> list[HostStatus]:
     """Every host of the inventory, checked in parallel."""
-    hosts = diagnose.load_inventory(inventory)
+    hosts = load_inventory(inventory)
     now = datetime.datetime.now(datetime.timezone.utc)
     work = []
     for name, data in hosts:
         settings = build_settings(data, where=name)
-        work.append((diagnose.target_for_host(name, data, args), settings))
+        work.append((target_for_host(name, data, args), settings))
     if not work:
         return []
     system_roots()  # parsed once here, not by every thread at once

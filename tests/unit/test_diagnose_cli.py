@@ -8,7 +8,7 @@ import json
 import pytest
 
 from aisha_infra import cli
-from aisha_infra.tools import diagnose
+from aisha_infra.tools.diagnose import diagnosis, dns_and_ports, output, targets
 from aisha_infra.checks.tlscheck import Finding
 
 from .tlscases import DOMAIN, build_pki
@@ -23,7 +23,7 @@ def pki(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def no_dns(monkeypatch):
     """Tests never ask a DNS server: the lab name resolves to loopback only."""
-    monkeypatch.setattr(diagnose, "resolve_addresses", lambda domain: ["127.0.0.1"])
+    monkeypatch.setattr(dns_and_ports, "resolve_addresses", lambda domain: ["127.0.0.1"])
 
 
 def serve(pki, name):
@@ -65,9 +65,9 @@ def test_broken_chain_exits_1_with_a_plain_table_and_the_fix(pki, capsys):
 def test_port_defaults_to_8443_and_url_port_wins(pki):
     parser = cli.build_parser()
 
-    [from_url] = diagnose.targets_from_args(parser.parse_args(["diagnose", "https://a.example:9443"]))
-    [default] = diagnose.targets_from_args(parser.parse_args(["diagnose", "a.example"]))
-    [explicit] = diagnose.targets_from_args(parser.parse_args(["diagnose", "https://a.example:9443", "--port", "7443"]))
+    [from_url] = targets.targets_from_args(parser.parse_args(["diagnose", "https://a.example:9443"]))
+    [default] = targets.targets_from_args(parser.parse_args(["diagnose", "a.example"]))
+    [explicit] = targets.targets_from_args(parser.parse_args(["diagnose", "https://a.example:9443", "--port", "7443"]))
 
     assert (from_url.domain, from_url.port) == ("a.example", 9443)
     assert default.port == 8443
@@ -76,12 +76,12 @@ def test_port_defaults_to_8443_and_url_port_wins(pki):
 
 
 def test_colour_per_severity_on_a_terminal():
-    report = diagnose.Report(
-        diagnose.Target(DOMAIN),
+    report = diagnosis.Report(
+        diagnosis.Target(DOMAIN),
         findings=[Finding("a", "ok", "fine"), Finding("b", "warn", "hm", "do x"), Finding("c", "error", "bad", "do y")],
     )
 
-    text = diagnose.render_text([report], colour=True)
+    text = output.render_text([report], colour=True)
 
     assert "\033[32mok" in text and "\033[33mwarn" in text and "\033[31merror" in text
     assert "=> 1 error(s), 1 warning(s)" in text
@@ -99,7 +99,7 @@ def test_inventory_hosts_with_their_data(pki, tmp_path, monkeypatch, capsys):
         ssh_calls.append((ssh.hostname, ssh.user, ssh.key, ssh.port, ssh.sudo))
         return lambda command: (255, "", f"{ssh.user}@{ssh.hostname}: Permission denied (publickey).")
 
-    monkeypatch.setattr(diagnose, "ssh_runner", fake_ssh_runner)
+    monkeypatch.setattr(targets, "ssh_runner", fake_ssh_runner)
     with serve(pki, "self_signed") as server:
         inventory = tmp_path / "inventory.py"
         inventory.write_text(
@@ -132,7 +132,7 @@ def test_inventory_data_is_merged_like_pyinfra(tmp_path):
         "production = (['p1'], {'nginx_https_port': 3})\n"
     )
 
-    hosts = dict(diagnose.load_inventory(str(inventory)))
+    hosts = dict(targets.load_inventory(str(inventory)))
 
     assert set(hosts) == {"c1", "c2", "p1"}
     assert (hosts["c1"]["aisha_domain"], hosts["c1"]["nginx_https_port"], hosts["c1"]["tls_mode"]) == ("all.example", 2, "self-signed")

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from aisha_infra.checks import tlscheck
-from aisha_infra.tools import diagnose
-from aisha_infra.tools.diagnose import Target
+from aisha_infra.tools.diagnose import diagnosis, dns_and_ports, tls, ufw
+from aisha_infra.tools.diagnose.diagnosis import Target
 
 from .certfactory import NOW, make_intermediate, make_leaf, make_root
 
@@ -32,41 +32,41 @@ To                         Action      From
 
 
 def test_a_reserved_name_in_etc_hosts_is_used():
-    findings, addresses = diagnose.check_dns(DOMAIN, None, lambda name: ["198.18.1.2"])
+    findings, addresses = dns_and_ports.check_dns(DOMAIN, None, lambda name: ["198.18.1.2"])
     assert addresses == ["198.18.1.2"]
     assert findings[0].severity == "warn" and "resolves to 198.18.1.2 (/etc/hosts)" in findings[0].message
 
 
 def test_the_real_resolver_reads_etc_hosts():
     # getaddrinfo, not a DNS-only lookup: "localhost" comes from /etc/hosts.
-    assert "127.0.0.1" in diagnose.resolve_addresses("localhost")
+    assert "127.0.0.1" in dns_and_ports.resolve_addresses("localhost")
 
 
 def test_a_reserved_name_that_does_not_resolve_has_no_address():
     def nowhere(name):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    findings, addresses = diagnose.check_dns(DOMAIN, None, nowhere)
+    findings, addresses = dns_and_ports.check_dns(DOMAIN, None, nowhere)
     assert addresses == [] and findings[0].severity == "warn"
 
 
 def test_a_deny_before_the_allow_is_an_error_with_a_fix_that_deletes_it():
-    finding = diagnose.ufw_finding(0, UFW_DENY_FIRST, "", 8443)
+    finding = ufw.ufw_finding(0, UFW_DENY_FIRST, "", 8443)
     assert finding.severity == "error"
     assert "8443/tcp                   DENY IN     Anywhere" in finding.message
     assert "`ufw delete deny 8443/tcp`" in finding.fix
-    assert 8443 not in diagnose.ufw_allowed_ports(UFW_DENY_FIRST)
+    assert 8443 not in ufw.ufw_allowed_ports(UFW_DENY_FIRST)
 
 
 def test_an_allow_before_a_deny_still_allows():
     lines = UFW_DENY_FIRST.splitlines()
     allow_first = "\n".join(lines[:6] + [lines[9], lines[6], lines[7], lines[8]]) + "\n"
-    assert diagnose.ufw_finding(0, allow_first, "", 8443).severity == "ok"
+    assert ufw.ufw_finding(0, allow_first, "", 8443).severity == "ok"
 
 
 def test_a_rejected_port_without_protocol_names_the_rule_as_ufw_takes_it():
     status = UFW_DENY_FIRST.replace("8443/tcp                   DENY IN", "8443                       REJECT IN")
-    assert "`ufw delete reject 8443`" in diagnose.ufw_finding(0, status, "", 8443).fix
+    assert "`ufw delete reject 8443`" in ufw.ufw_finding(0, status, "", 8443).fix
 
 
 @pytest.fixture
@@ -102,10 +102,10 @@ def test_a_timed_out_https_port_is_not_followed_by_a_tls_handshake(dropping_port
     def no_handshake(*args, **kwargs):
         raise AssertionError("a TLS handshake was attempted after the TCP timeout")
 
-    monkeypatch.setattr(diagnose, "fetch_served_chain", no_handshake)
+    monkeypatch.setattr(tls, "fetch_served_chain", no_handshake)
     started = time.monotonic()
     # the same dropping port for SSH, HTTP and HTTPS: the three timeouts run at once
-    report = diagnose.diagnose(
+    report = diagnosis.diagnose(
         Target(DOMAIN, "127.0.0.1", dropping_port, ssh_port=dropping_port, http_port=dropping_port),
         resolve=lambda name: ["127.0.0.1"],
     )
@@ -113,7 +113,7 @@ def test_a_timed_out_https_port_is_not_followed_by_a_tls_handshake(dropping_port
     errors = [f.check for f in report.findings if f.severity == "error"]
     assert errors == [f"tcp.{dropping_port}"], report.findings
     assert "timed out" in report.findings[-1].message
-    assert elapsed < 2 * diagnose.TCP_TIMEOUT, elapsed
+    assert elapsed < 2 * dns_and_ports.TCP_TIMEOUT, elapsed
 
 
 def test_a_leaf_from_a_private_root_is_a_private_ca_not_an_incomplete_chain():
@@ -142,7 +142,7 @@ def _free_port() -> int:
 
 def test_an_ipv6_address_that_does_not_answer_is_reported():
     port = _free_port()  # nothing listens: ::1 refuses (or has no IPv6 at all)
-    findings = diagnose.check_ipv6(["127.0.0.1", "::1"], port, timeout=1)
+    findings = dns_and_ports.check_ipv6(["127.0.0.1", "::1"], port, timeout=1)
     assert [(f.check, f.severity) for f in findings] == [("dns.ipv6", "error")]
     assert "AAAA record points at ::1" in findings[0].message and "Let's Encrypt" in findings[0].message
     assert f"listen [::]:{port} ssl;" in findings[0].fix
@@ -155,5 +155,5 @@ def test_an_answering_ipv6_address_is_ok():
         pytest.skip("no IPv6 loopback here")
     with listener:
         port = listener.getsockname()[1]
-        assert diagnose.check_ipv6(["::1"], port, timeout=2)[0].severity == "ok"
-    assert diagnose.check_ipv6(["127.0.0.1"], port) == []
+        assert dns_and_ports.check_ipv6(["::1"], port, timeout=2)[0].severity == "ok"
+    assert dns_and_ports.check_ipv6(["127.0.0.1"], port) == []

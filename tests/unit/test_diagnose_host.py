@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from aisha_infra.tools import diagnose
+from aisha_infra.tools.diagnose import host, nginx_config, remote, ufw
 from aisha_infra.tools import ssh as ssh_module
 from aisha_infra.tools.ssh import SSHHost
 from aisha_infra.checks.tlscheck import parse_pem_certs
@@ -111,7 +111,7 @@ def test_healthy_host_is_all_ok(tmp_path, pki):
     case = pki.cases["good"]
     run = LocalHost(write_site(tmp_path, case.chain, case.key))
 
-    findings = diagnose.check_host(run, DOMAIN, PORT, nginx_conf=str(run.conf))
+    findings = host.check_host(run, DOMAIN, PORT, nginx_conf=str(run.conf))
 
     assert not_ok(findings) == []
     assert {f.check for f in findings} >= {"ufw", "nginx.config", "nginx.certificate", "tls.key_match", "journal"}
@@ -124,7 +124,7 @@ def test_key_mismatch_is_found_in_the_files_nginx_uses(tmp_path, pki):
     case = pki.cases["good"]
     run = LocalHost(write_site(tmp_path, case.chain, pki.other_key))
 
-    findings = diagnose.check_host(run, DOMAIN, PORT, nginx_conf=str(run.conf))
+    findings = host.check_host(run, DOMAIN, PORT, nginx_conf=str(run.conf))
 
     assert not_ok(findings) == [("nginx.config", "error"), ("tls.key_mismatch", "error")]
     assert "key values mismatch" in named(findings, "nginx.config").message
@@ -141,7 +141,7 @@ def test_intermediate_before_leaf_is_wrong_order_not_key_mismatch(tmp_path, pki)
     reversed_chain = write_pem(tmp_path / "reversed.pem", *(c.public_bytes(Encoding.PEM) for c in (intermediate, leaf)))
     run = LocalHost(write_site(tmp_path, reversed_chain, case.key))
 
-    findings = diagnose.check_host(run, DOMAIN, PORT, nginx_conf=str(run.conf))
+    findings = host.check_host(run, DOMAIN, PORT, nginx_conf=str(run.conf))
 
     assert not_ok(findings) == [("nginx.config", "error"), ("tls.chain_order", "error")]
 
@@ -151,7 +151,7 @@ def test_cert_pem_instead_of_fullchain(tmp_path, pki):
     case = pki.cases["leaf_only"]
     run = LocalHost(write_site(tmp_path, case.chain, case.key))
 
-    findings = diagnose.check_host(run, DOMAIN, PORT, nginx_conf=str(run.conf))
+    findings = host.check_host(run, DOMAIN, PORT, nginx_conf=str(run.conf))
 
     assert not_ok(findings) == [("tls.incomplete_chain", "error")]
     assert f"/etc/letsencrypt/live/{DOMAIN}/fullchain.pem" in named(findings, "tls.incomplete_chain").fix
@@ -163,7 +163,7 @@ def test_nginx_serving_an_older_certificate_than_its_file(tmp_path, pki):
     run = LocalHost(write_site(tmp_path, case.chain, case.key))
     served = parse_pem_certs(pki.cases["expiring"].chain.read_bytes())[0]
 
-    findings = diagnose.check_host(run, DOMAIN, PORT, served_leaf=served, nginx_conf=str(run.conf))
+    findings = host.check_host(run, DOMAIN, PORT, served_leaf=served, nginx_conf=str(run.conf))
 
     assert not_ok(findings) == [("tls.stale", "warn")]
     assert "systemctl reload nginx" in named(findings, "tls.stale").fix
@@ -174,7 +174,7 @@ def test_no_site_for_the_domain(tmp_path, pki):
     case = pki.cases["good"]
     run = LocalHost(write_site(tmp_path, case.chain, case.key))
 
-    findings = diagnose.check_host(run, "elsewhere.test", PORT, nginx_conf=str(run.conf))
+    findings = host.check_host(run, "elsewhere.test", PORT, nginx_conf=str(run.conf))
 
     assert not_ok(findings) == [("nginx.certificate", "error")]
 
@@ -194,7 +194,7 @@ def test_services_down_and_journal_errors_are_reported():
         },
     )
 
-    findings = diagnose.check_host(run, DOMAIN, PORT)
+    findings = host.check_host(run, DOMAIN, PORT)
 
     assert ("service.aisha-api", "error") in not_ok(findings)
     assert ("service.nginx", "error") not in not_ok(findings)
@@ -205,7 +205,7 @@ def test_services_down_and_journal_errors_are_reported():
 def test_ssh_that_does_not_connect_stops_early():
     run = LocalHost("/nonexistent", {"true": (255, "", "root@198.18.1.2: Permission denied (publickey).\n")})
 
-    findings = diagnose.check_host(run, DOMAIN, PORT)
+    findings = host.check_host(run, DOMAIN, PORT)
 
     assert not_ok(findings) == [("ssh", "error")]
     assert "Permission denied" in findings[0].message
@@ -226,7 +226,7 @@ Nginx Full                 ALLOW IN    Anywhere
 9000/udp                   ALLOW IN    Anywhere
 5432/tcp                   ALLOW IN    10.0.0.0/8
 """
-    assert diagnose.ufw_allowed_ports(status) == {22, 80, 443, *range(8000, 8101)}
+    assert ufw.ufw_allowed_ports(status) == {22, 80, 443, *range(8000, 8101)}
 
 
 @pytest.mark.parametrize(
@@ -240,7 +240,7 @@ Nginx Full                 ALLOW IN    Anywhere
     ],
 )
 def test_ufw_finding(rc, out, err, expected):
-    finding = diagnose.ufw_finding(rc, out, err, PORT)
+    finding = ufw.ufw_finding(rc, out, err, PORT)
     assert finding.severity == expected
     if expected == "error":
         assert f"ufw allow {PORT}/tcp" in finding.fix
@@ -273,14 +273,14 @@ server { listen 127.0.0.1:9443 ssl; server_name *.wild.example; }
 ssl_certificate "/etc/letsencrypt/live/aibots.example/fullchain.pem";
 ssl_certificate_key /etc/letsencrypt/live/aibots.example/privkey.pem;
 """
-    files = diagnose.split_nginx_dump(dump)
+    files = nginx_config.split_nginx_dump(dump)
 
-    assert diagnose.nginx_tls_files(files, 8443, "aibots.example") == (
+    assert nginx_config.nginx_tls_files(files, 8443, "aibots.example") == (
         "/etc/letsencrypt/live/aibots.example/fullchain.pem",
         "/etc/letsencrypt/live/aibots.example/privkey.pem",
     )
-    assert diagnose.nginx_tls_files(files, 9443, "a.wild.example") == ("/etc/ssl/http-level.pem", "/etc/ssl/http-level.key")
-    assert diagnose.nginx_tls_files(files, 8443, "nobody.example") is None
+    assert nginx_config.nginx_tls_files(files, 9443, "a.wild.example") == ("/etc/ssl/http-level.pem", "/etc/ssl/http-level.key")
+    assert nginx_config.nginx_tls_files(files, 8443, "nobody.example") is None
 
 
 def test_ssh_runner_command_line(monkeypatch):
@@ -292,7 +292,7 @@ def test_ssh_runner_command_line(monkeypatch):
 
     monkeypatch.setattr(ssh_module.subprocess, "run", fake_run)
 
-    run = diagnose.ssh_runner(SSHHost("198.18.1.2", user="deploy", key="/keys/lab", sudo=True), timeout=7)
+    run = remote.ssh_runner(SSHHost("198.18.1.2", user="deploy", key="/keys/lab", sudo=True), timeout=7)
     assert run("nginx -t") == (0, "ok\n", "")
 
     command = seen["command"]
@@ -305,5 +305,5 @@ def test_ssh_runner_command_line(monkeypatch):
 def test_ssh_runner_adds_the_fix_for_a_sudo_password_prompt(monkeypatch):
     refused = subprocess.CompletedProcess([], 1, "", "sudo: a password is required\n")
     monkeypatch.setattr(ssh_module.subprocess, "run", lambda command, **kwargs: refused)
-    _, _, err = diagnose.ssh_runner(SSHHost("web-1", user="admin", sudo=True))("true")
+    _, _, err = remote.ssh_runner(SSHHost("web-1", user="admin", sudo=True))("true")
     assert err.splitlines()[-1].endswith("give it as _sudo_password in the host's data (or allow NOPASSWD sudo)")

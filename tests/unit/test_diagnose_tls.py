@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from aisha_infra.checks import tlscheck
-from aisha_infra.tools.diagnose import Target, diagnose
+from aisha_infra.tools.diagnose.diagnosis import Target, diagnose
 
 from .certfactory import NOW, make_intermediate, make_leaf, make_root, make_self_signed
 from .tlscases import DOMAIN, build_pki
