@@ -23,15 +23,8 @@ import warnings
 
 import urllib3
 
-from aisha_infra.checks.tlscheck import (
-    Finding,
-    ServedChain,
-    analyze_chain,
-    connection_finding,
-    fetch_served_chain,
-    first_error,
-    load_trust_store,
-)
+from aisha_infra.checks.findings import Finding, first_error
+from aisha_infra.checks.served_chain import ServedChain, check_served_chain, connection_finding
 
 HEALTH_PATH = "/health"
 WEBHOOK_PATH = "/api/v1/avatar/status_update"
@@ -216,13 +209,11 @@ def _failure(check, exc, address, domain, port, ca_bundle, timeout, trust_system
 
 def _explain_verification(check, reason, address, domain, port, ca_bundle, timeout, trust_system) -> Finding:
     """OpenSSL said no; say why, from the chain the server actually sends."""
-    served = fetch_served_chain(address, port, domain, timeout)
-    if served.error:
-        cause = connection_finding(served, address, port, domain)
-    else:
-        roots = load_trust_store(ca_bundle, include_system=trust_system)
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cause = first_error(analyze_chain(served.certs, roots, domain, now))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    _, findings = check_served_chain(
+        address, port, domain, now=now, timeout=timeout, ca_bundle=ca_bundle, trust_system=trust_system
+    )
+    cause = first_error(findings)
     if cause is None:
         return Finding(
             check,

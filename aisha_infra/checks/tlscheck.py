@@ -3,124 +3,33 @@
 `curl: (60) SSL certificate problem: unable to get local issuer certificate` has
 several causes that need different fixes. `analyze_chain` tells them apart from
 data only (the certificates a server sent, the trusted roots, the domain and the
-time), so each cause has a unit test; `fetch_served_chain` is the one network part:
-it asks `openssl s_client` for the certificates exactly as sent, because Python's
-ssl module exposes the unverified chain only from 3.13 on.
+time), so each cause has a unit test; served_chain.py is the network part that
+reads the certificates exactly as sent.
 """
 
 from __future__ import annotations
 
 import datetime
-import functools
 import ipaddress
-import re
-import ssl
-import subprocess
-import warnings
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from cryptography import x509
-from cryptography.x509.oid import AuthorityInformationAccessOID
-from cryptography.hazmat.primitives import serialization
 
+from aisha_infra.checks.certificates import (
+    alt_names,
+    ca_issuers_urls,
+    common_name,
+    is_ca,
+    name_common_name,
+    name_matches,
+    public_key_der,
+)
+from aisha_infra.checks.findings import Finding, errors
 from aisha_infra.deploy import paths
 
 EXPIRY_WARN_DAYS = 21
 MAX_CHAIN_LENGTH = 8
 # Names that give away a test CA (Let's Encrypt staging, old and new; Pebble).
 TEST_CA_MARKERS = ("(STAGING)", "Fake LE", "Pebble")
-SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One result: `check` is a stable id (e.g. "tls.incomplete_chain"), `severity`
-    one of ok/warn/error, `fix` what to do (empty when nothing is wrong)."""
-
-    check: str
-    severity: str
-    message: str
-    fix: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def explain(self) -> str:
-        return f"{self.message} Fix: {self.fix}" if self.fix else self.message
-
-
-@dataclass(frozen=True)
-class ServedChain:
-    """What a TLS server sent: its certificates in order, the protocol negotiated,
-    or why none could be read."""
-
-    certs: list[x509.Certificate] = field(default_factory=list)
-    protocol: str | None = None
-    error: str | None = None
-
-
-# --- reading certificates ----------------------------------------------------------
-
-
-def parse_pem_certs(data: bytes) -> list[x509.Certificate]:
-    """Every PEM certificate in `data`, in order (raises ValueError on a broken one)."""
-    return [x509.load_pem_x509_certificate(block) for block in _PEM_CERT.findall(data)]
-
-
-@functools.lru_cache(maxsize=1)
-def system_roots() -> tuple[x509.Certificate, ...]:
-    """The system trust store (Debian: ca-certificates), skipping entries
-    `cryptography` cannot parse rather than failing on them."""
-    path = ssl.get_default_verify_paths().cafile or SYSTEM_BUNDLE
-    try:
-        data = Path(path).read_bytes()
-    except OSError:
-        return ()
-    roots = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # old roots with negative serials, etc.
-        for block in _PEM_CERT.findall(data):
-            try:
-                roots.append(x509.load_pem_x509_certificate(block))
-            except ValueError:
-                continue
-    return tuple(roots)
-
-
-def load_trust_store(ca_bundle: str | None = None, *, include_system: bool = True) -> list[x509.Certificate]:
-    """Trusted roots: the system store and/or the certificates in `ca_bundle`."""
-    roots = list(system_roots()) if include_system else []
-    if ca_bundle:
-        roots.extend(parse_pem_certs(Path(ca_bundle).read_bytes()))
-    return roots
-
-
-def describe(cert: x509.Certificate) -> dict:
-    """Subject, issuer, validity and names of a certificate, for reports."""
-    dns_names, ips = _alt_names(cert)
-    return {
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
-        "not_before": cert.not_valid_before_utc.isoformat(),
-        "not_after": cert.not_valid_after_utc.isoformat(),
-        "names": dns_names + [str(ip) for ip in ips],
-        "ca": _is_ca(cert),
-    }
-
-
-def public_key_der(key) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def load_public_key(pem: bytes):
-    """The public key of a PEM private key (unencrypted) or public key."""
-    try:
-        return serialization.load_pem_private_key(pem, password=None).public_key()
-    except (ValueError, TypeError):
-        return serialization.load_pem_public_key(pem)
 
 
 # --- the analysis ------------------------------------------------------------------------
@@ -138,7 +47,7 @@ def analyze_chain(
     completeness, trust, name, validity. `tls_mode` is the host's setting when
     known ("self-signed" makes a self-signed certificate expected, not an error)."""
     if not sent:
-        return [Finding("tls.chain", "error", "The server sent no certificate.", _HANDSHAKE_FIX)]
+        return [Finding("tls.chain", "error", "The server sent no certificate.", HANDSHAKE_FIX)]
     leaf = pick_leaf(sent, domain)
     pool = [c for c in sent if c != leaf]
     path, outcome = _build_path(leaf, pool, roots)
@@ -147,7 +56,7 @@ def analyze_chain(
     findings += _trust_findings(leaf, path, outcome, pool, domain, tls_mode)
     findings.append(name_finding(leaf, domain))
     findings += _validity_findings(path, now, domain)
-    if outcome == "trusted" and len(path) > 1 and not _errors(findings):
+    if outcome == "trusted" and len(path) > 1 and not errors(findings):
         findings += _strict_profile_findings(leaf, path, roots, domain, now)
     return findings
 
@@ -192,7 +101,7 @@ def analyze_cert_file(
                 "error",
                 f"{cert_path} is in the wrong order: the certificate that belongs to {key_path} is number "
                 f"{matching[0] + 1}, but nginx pairs the key with the first one "
-                f"('{_cn(certs[0])}'), so `nginx -t` reports 'key values mismatch'.",
+                f"('{common_name(certs[0])}'), so `nginx -t` reports 'key values mismatch'.",
                 f"Put the server certificate first, then its intermediates: use "
                 f"{paths.LETSENCRYPT_LIVE_DIR}/{domain}/fullchain.pem as is, or rebuild with "
                 "`cat cert.pem chain.pem > fullchain.pem`.",
@@ -205,7 +114,7 @@ def analyze_cert_file(
                 "tls.incomplete_chain",
                 "error",
                 f"{cert_path} holds only the server certificate, not the intermediate "
-                f"'{_name_cn(certs[0].issuer)}' that signed it.",
+                f"'{name_common_name(certs[0].issuer)}' that signed it.",
                 _fullchain_fix(domain),
             )
         )
@@ -213,13 +122,13 @@ def analyze_cert_file(
 
 
 def name_finding(leaf: x509.Certificate, domain: str) -> Finding:
-    dns_names, ips = _alt_names(leaf)
+    dns_names, ips = alt_names(leaf)
     names = dns_names + [str(ip) for ip in ips]
-    if _matches(domain, dns_names, ips):
+    if name_matches(domain, dns_names, ips):
         return Finding("tls.name", "ok", f"The certificate covers {domain} (names: {', '.join(names)}).")
     if not names:
         message = (
-            f"The certificate has no subjectAltName (only CN={_cn(leaf)}); clients ignore the CN, "
+            f"The certificate has no subjectAltName (only CN={common_name(leaf)}); clients ignore the CN, "
             f"so it matches no name, {domain} included."
         )
     else:
@@ -247,15 +156,7 @@ def protocol_finding(protocol: str | None) -> Finding:
 
 def chain_trusted(findings: list[Finding]) -> bool:
     """Will a verifying client accept the chain these findings describe?"""
-    return not _errors(findings) and any(f.check == "tls.trust" and f.severity == "ok" for f in findings)
-
-
-def first_error(findings: list[Finding]) -> Finding | None:
-    return next(iter(_errors(findings)), None)
-
-
-def _errors(findings: list[Finding]) -> list[Finding]:
-    return [f for f in findings if f.severity == "error"]
+    return not errors(findings) and any(f.check == "tls.trust" and f.severity == "ok" for f in findings)
 
 
 # --- path building -----------------------------------------------------------------------
@@ -265,9 +166,9 @@ def pick_leaf(sent: list[x509.Certificate], domain: str) -> x509.Certificate:
     """The server certificate: the one that is not a CA (the first one for the domain
     if several); the first sent when all claim to be CAs (openssl req -x509 makes a
     self-signed CA certificate)."""
-    candidates = [c for c in sent if not _is_ca(c)]
+    candidates = [c for c in sent if not is_ca(c)]
     for cert in candidates:
-        if _matches(domain, *_alt_names(cert)):
+        if name_matches(domain, *alt_names(cert)):
             return cert
     return candidates[0] if candidates else sent[0]
 
@@ -319,8 +220,8 @@ def _order_findings(sent, leaf, path, outcome, domain) -> list[Finding]:
             Finding(
                 "tls.chain_order",
                 "error",
-                f"The chain is in the wrong order: the first certificate sent is '{_cn(sent[0])}' "
-                f"(a CA), not the server certificate '{_cn(leaf)}'.",
+                f"The chain is in the wrong order: the first certificate sent is '{common_name(sent[0])}' "
+                f"(a CA), not the server certificate '{common_name(leaf)}'.",
                 _order_fix(domain),
             )
         )
@@ -333,8 +234,8 @@ def _order_findings(sent, leaf, path, outcome, domain) -> list[Finding]:
                     "tls.chain_order",
                     "warn",
                     "The intermediates are sent in the wrong order (sent: "
-                    f"{' -> '.join(_cn(c) for c in sent_order)}; each certificate must be followed by "
-                    f"its issuer: {' -> '.join(_cn(c) for c in path_order)}). OpenSSL-based clients "
+                    f"{' -> '.join(common_name(c) for c in sent_order)}; each certificate must be followed by "
+                    f"its issuer: {' -> '.join(common_name(c) for c in path_order)}). OpenSSL-based clients "
                     "such as curl re-order them; strict TLS 1.2 clients reject the chain.",
                     _order_fix(domain),
                 )
@@ -347,7 +248,7 @@ def _order_findings(sent, leaf, path, outcome, domain) -> list[Finding]:
                 "tls.extra_certs",
                 "warn",
                 "The server also sends certificates that are not part of its chain: "
-                f"{', '.join(repr(_cn(c)) for c in extras)}.",
+                f"{', '.join(repr(common_name(c)) for c in extras)}.",
                 "Serve only the server certificate and its own intermediates "
                 f"({paths.LETSENCRYPT_LIVE_DIR}/{domain}/fullchain.pem).",
             )
@@ -356,15 +257,15 @@ def _order_findings(sent, leaf, path, outcome, domain) -> list[Finding]:
 
 
 def _trust_findings(leaf, path, outcome, pool, domain, tls_mode) -> list[Finding]:
-    chain_text = " -> ".join(repr(_cn(c)) for c in path)
+    chain_text = " -> ".join(repr(common_name(c)) for c in path)
     if outcome == "trusted":
         if len(path) == 1 and _self_issued(leaf):
             return [
-                Finding("tls.trust", "ok", f"The self-signed certificate '{_cn(leaf)}' is in the given CA bundle."),
+                Finding("tls.trust", "ok", f"The self-signed certificate '{common_name(leaf)}' is in the given CA bundle."),
                 Finding(
                     "tls.self_signed",
                     "warn",
-                    f"The server sends a self-signed certificate ('{_cn(leaf)}'); it verifies here only "
+                    f"The server sends a self-signed certificate ('{common_name(leaf)}'); it verifies here only "
                     "because it is in the given CA bundle. fal.ai will not trust it.",
                     _self_signed_fix(domain),
                 ),
@@ -387,7 +288,7 @@ def _trust_findings(leaf, path, outcome, pool, domain, tls_mode) -> list[Finding
             Finding(
                 "tls.self_signed",
                 "warn" if expected else "error",
-                f"The server sends a self-signed certificate ('{_cn(leaf)}', its own issuer), which no "
+                f"The server sends a self-signed certificate ('{common_name(leaf)}', its own issuer), which no "
                 "client trusts unless told to. "
                 + (
                     "That is expected: this host runs tls_mode=self-signed. fal.ai will not deliver to it."
@@ -407,14 +308,14 @@ def _trust_findings(leaf, path, outcome, pool, domain, tls_mode) -> list[Finding
     if test_ca:
         return [_test_ca_finding(test_ca, top_name, chain_text, leaf_only=len(path) == 1, domain=domain)]
 
-    if outcome == "missing_issuer" and len(path) == 1 and not _ca_issuers_urls(leaf):
+    if outcome == "missing_issuer" and len(path) == 1 and not ca_issuers_urls(leaf):
         # Public CAs name the intermediate to fetch (AIA caIssuers, CA/B Baseline
         # Requirements); a private CA's leaf usually does not: its issuer is the private root.
         return [
             Finding(
                 "tls.private_ca",
                 "error",
-                f"The certificate is signed by '{_name_cn(leaf.issuer)}', a CA that is not in the trust store "
+                f"The certificate is signed by '{name_common_name(leaf.issuer)}', a CA that is not in the trust store "
                 "and that the certificate does not point to (no Authority Information Access, which public CAs "
                 "always include): a private or internal CA. Clients, fal.ai included, reject it (curl: (60) "
                 "unable to get local issuer certificate).",
@@ -428,17 +329,17 @@ def _trust_findings(leaf, path, outcome, pool, domain, tls_mode) -> list[Finding
         unrelated = ""
         if pool:
             unrelated = (
-                f" The server does send {', '.join(repr(_cn(c)) for c in pool)}, but that did not sign it "
+                f" The server does send {', '.join(repr(common_name(c)) for c in pool)}, but that did not sign it "
                 "(an intermediate from another certificate, e.g. an old chain.pem)."
             )
         return [
             Finding(
                 "tls.incomplete_chain",
                 "error",
-                f"The server sends its certificate without the intermediate '{_name_cn(leaf.issuer)}' that "
+                f"The server sends its certificate without the intermediate '{name_common_name(leaf.issuer)}' that "
                 "signed it, so clients cannot reach a trusted root (curl: (60) unable to get local issuer "
                 "certificate). Browsers often hide this by fetching or caching intermediates; curl, "
-                f"Python and fal do not.{unrelated} (If '{_name_cn(leaf.issuer)}' is a private root CA "
+                f"Python and fal do not.{unrelated} (If '{name_common_name(leaf.issuer)}' is a private root CA "
                 "rather than an intermediate, trust it with --ca-bundle instead.)",
                 _fullchain_fix(domain),
             )
@@ -448,7 +349,7 @@ def _trust_findings(leaf, path, outcome, pool, domain, tls_mode) -> list[Finding
         Finding(
             "tls.untrusted_ca",
             "error",
-            f"The chain is complete ({chain_text}) but ends at '{_name_cn(top_name)}', which is not in the "
+            f"The chain is complete ({chain_text}) but ends at '{name_common_name(top_name)}', which is not in the "
             "trust store: the certificate comes from a private or unknown CA, so clients (fal.ai "
             "included) reject it.",
             "Serve a certificate from a public CA (tls_mode=letsencrypt with the production ACME "
@@ -476,7 +377,7 @@ def _test_ca_finding(marker, top_name, chain_text, *, leaf_only, domain) -> Find
     return Finding(
         "tls.staging_ca",
         "error",
-        f"The certificate was issued by {what}: {chain_text}, ending at '{_name_cn(top_name)}', which is "
+        f"The certificate was issued by {what}: {chain_text}, ending at '{name_common_name(top_name)}', which is "
         f"not in the trust store.{missing}",
         fix,
     )
@@ -493,7 +394,7 @@ def _validity_findings(path, now, domain) -> list[Finding]:
                 Finding(
                     "tls.expired",
                     "error",
-                    f"The {role} '{_cn(cert)}' expired on {_date(cert.not_valid_after_utc)} ({days} days ago).",
+                    f"The {role} '{common_name(cert)}' expired on {_date(cert.not_valid_after_utc)} ({days} days ago).",
                     _renew_fix(domain) if cert is leaf else _fullchain_fix(domain),
                 )
             )
@@ -502,7 +403,7 @@ def _validity_findings(path, now, domain) -> list[Finding]:
                 Finding(
                     "tls.not_yet_valid",
                     "error",
-                    f"The {role} '{_cn(cert)}' is valid only from {_date(cert.not_valid_before_utc)}: the "
+                    f"The {role} '{common_name(cert)}' is valid only from {_date(cert.not_valid_before_utc)}: the "
                     "clock of the server that made it, or of this machine, is wrong.",
                     "Check both clocks with `timedatectl` (turn on NTP: `timedatectl set-ntp true`); "
                     "if the start date really is in the future, issue the certificate again.",
@@ -555,7 +456,7 @@ def _strict_profile_findings(leaf, path, roots, domain, now) -> list[Finding]:
 
 # --- fixes -----------------------------------------------------------------------------------
 
-_HANDSHAKE_FIX = (
+HANDSHAKE_FIX = (
     "Run `nginx -t` on the host and check the ssl_certificate / ssl_certificate_key pair "
     "(or run this tool with --ssh-key for host-side checks)."
 )
@@ -593,148 +494,5 @@ def _renew_fix(domain: str) -> str:
     )
 
 
-# --- small helpers -----------------------------------------------------------------------------
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
-
-
-def _ca_issuers_urls(cert: x509.Certificate) -> list[str]:
-    try:
-        access = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
-    except x509.ExtensionNotFound:
-        return []
-    return [d.access_location.value for d in access if d.access_method == AuthorityInformationAccessOID.CA_ISSUERS]
-
-
-def _alt_names(cert: x509.Certificate) -> tuple[list[str], list]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return [], []
-    return san.get_values_for_type(x509.DNSName), san.get_values_for_type(x509.IPAddress)
-
-
-def _matches(domain: str, dns_names: list[str], ips: list) -> bool:
-    try:
-        return ipaddress.ip_address(domain) in ips
-    except ValueError:
-        pass
-    wanted = domain.lower().rstrip(".")
-    for name in dns_names:
-        name = name.lower().rstrip(".")
-        if name == wanted:
-            return True
-        # A wildcard covers exactly one leftmost label.
-        if name.startswith("*.") and "." in wanted and wanted.split(".", 1)[1] == name[2:]:
-            return True
-    return False
-
-
-def _name_cn(name: x509.Name) -> str:
-    values = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return str(values[0].value) if values else name.rfc4514_string()
-
-
-def _cn(cert: x509.Certificate) -> str:
-    return _name_cn(cert.subject)
-
-
 def _date(moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
-
-
-# --- the network part -----------------------------------------------------------------------
-
-
-def fetch_served_chain(address: str, port: int, domain: str, timeout: float = 10) -> ServedChain:
-    """The certificates `address:port` sends for SNI `domain`, in the order sent,
-    via `openssl s_client -showcerts` (bounded by `timeout`)."""
-    host = f"[{address}]" if ":" in address else address
-    command = ["openssl", "s_client", "-connect", f"{host}:{port}", "-showcerts"]
-    if not is_ip(domain):
-        command += ["-servername", domain]
-    try:
-        result = subprocess.run(
-            command, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
-        )
-    except FileNotFoundError:
-        return ServedChain(error="the openssl command is missing (apt-get install openssl)")
-    except subprocess.TimeoutExpired:
-        return ServedChain(error=f"no TLS answer within {timeout:g} s")
-    try:
-        certs = parse_pem_certs(result.stdout)
-    except ValueError as exc:
-        return ServedChain(error=f"the server sent a certificate that cannot be parsed: {exc}")
-    protocol = _protocol(result.stdout.decode("utf-8", "replace"))
-    if not certs:
-        return ServedChain(protocol=protocol, error=_s_client_error(result.stderr.decode("utf-8", "replace")))
-    return ServedChain(certs=certs, protocol=protocol)
-
-
-def connection_finding(served: ServedChain, address: str, port: int, domain: str) -> Finding:
-    """Explain why no certificate came back."""
-    error = served.error or "no certificate"
-    lowered = error.lower()
-    if "refused" in lowered:
-        fix = (
-            f"Nothing listens on {address}:{port}: check `systemctl status nginx` and "
-            f"`ss -ltnp | grep {port}` on the host (the site needs `listen {port} ssl;`)."
-        )
-    elif "timed out" in lowered or "no tls answer" in lowered or "no route" in lowered:
-        fix = (
-            f"A firewall drops port {port}: `ufw allow {port}/tcp` on the host, and open it in any "
-            "cloud firewall / security group."
-        )
-    elif "wrong version number" in lowered or "packet length too long" in lowered:
-        fix = f"Port {port} answers plain HTTP, not TLS: use `listen {port} ssl;` in the nginx site."
-    elif "unrecognized name" in lowered:
-        fix = (
-            f"nginx has no server block for the name {domain} on this port and its default server "
-            f"rejects unknown names (ssl_reject_handshake): check the domain (aisha_domain / --domain) "
-            "and the site's server_name."
-        )
-    elif "missing" in lowered:
-        fix = "Install openssl."
-    else:
-        fix = (
-            "The TLS handshake failed: nginx may be unable to use its certificate (for instance a "
-            "private key that does not match it). " + _HANDSHAKE_FIX
-        )
-    return Finding(
-        "tls.handshake", "error", f"No certificate from {address}:{port} (SNI {domain}): {error}.", fix
-    )
-
-
-def _protocol(output: str) -> str | None:
-    match = re.search(r"^\s*Protocol\s*:\s*(\S+)", output, re.MULTILINE) or re.search(
-        r"New, (TLSv[\d.]+|SSLv\d)", output
-    )
-    return match.group(1) if match else None
-
-
-def _s_client_error(stderr: str) -> str:
-    for pattern, meaning in (
-        (r"errno=111|Connection refused", "connection refused"),
-        (r"errno=110|timed out", "connection timed out"),
-        (r"errno=113|No route to host", "no route to host"),
-        (r"unrecognized name", "handshake rejected: unrecognized name (alert 112)"),
-        (r"wrong version number", "not TLS (wrong version number)"),
-        (r"handshake failure", "handshake failure"),
-    ):
-        if re.search(pattern, stderr, re.IGNORECASE):
-            return meaning
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    return lines[-1] if lines else "no certificate received"
-
-
-def is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True

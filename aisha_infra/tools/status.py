@@ -30,16 +30,10 @@ from aisha_infra.tools.diagnose.diagnosis import Target
 from aisha_infra.tools.diagnose.remote import Runner, last_line
 from aisha_infra.tools.diagnose.targets import load_inventory, target_for_host
 from aisha_infra.tools.ssh import SSHError, add_ssh_arguments
-from aisha_infra.checks.tlscheck import (
-    analyze_chain,
-    chain_trusted,
-    connection_finding,
-    fetch_served_chain,
-    first_error,
-    load_trust_store,
-    pick_leaf,
-    system_roots,
-)
+from aisha_infra.checks.certificates import system_roots
+from aisha_infra.checks.findings import first_error
+from aisha_infra.checks.served_chain import check_served_chain
+from aisha_infra.checks.tlscheck import chain_trusted, pick_leaf
 
 TLS_TIMEOUT = 5
 HTTP_TIMEOUT = 5
@@ -134,14 +128,16 @@ def check_host(target: Target, settings: Settings, now: datetime.datetime) -> Ho
 
 
 def _check_from_outside(status: HostStatus, target: Target, settings: Settings, now: datetime.datetime) -> None:
-    served = fetch_served_chain(target.address, target.port, target.domain, TLS_TIMEOUT)
+    served, findings = check_served_chain(
+        target.address, target.port, target.domain,
+        now=now, timeout=TLS_TIMEOUT, ca_bundle=target.ca_bundle, tls_mode=target.tls_mode,
+    )
     if served.error:
-        finding = connection_finding(served, target.address, target.port, target.domain)
+        [finding] = findings
         status.tls_state = "no TLS"
         status.health = "unreachable"
         status.problems.append(f"{finding.check}: {finding.message}")
         return
-    findings = analyze_chain(served.certs, load_trust_store(target.ca_bundle), target.domain, now, tls_mode=target.tls_mode)
     leaf = pick_leaf(served.certs, target.domain)
     status.issuer = leaf.issuer.rfc4514_string()
     status.days_left = round((leaf.not_valid_after_utc - now).total_seconds() / 86400, 1)

@@ -9,7 +9,7 @@ import pytest
 
 from aisha_infra import cli
 from aisha_infra.tools.diagnose import diagnosis, dns_and_ports, output, targets
-from aisha_infra.checks.tlscheck import Finding
+from aisha_infra.checks.findings import Finding
 
 from .tlscases import DOMAIN, build_pki
 from .tlsserver import LocalTLSServer

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from aisha_infra.checks import tlscheck
-from aisha_infra.tools.diagnose import diagnosis, dns_and_ports, tls, ufw
+from aisha_infra.checks import served_chain, tlscheck
+from aisha_infra.tools.diagnose import diagnosis, dns_and_ports, ufw
 from aisha_infra.tools.diagnose.diagnosis import Target
 
 from .certfactory import NOW, make_intermediate, make_leaf, make_root
@@ -102,7 +102,7 @@ def test_a_timed_out_https_port_is_not_followed_by_a_tls_handshake(dropping_port
     def no_handshake(*args, **kwargs):
         raise AssertionError("a TLS handshake was attempted after the TCP timeout")
 
-    monkeypatch.setattr(tls, "fetch_served_chain", no_handshake)
+    monkeypatch.setattr(served_chain, "fetch_served_chain", no_handshake)
     started = time.monotonic()
     # the same dropping port for SSH, HTTP and HTTPS: the three timeouts run at once
     report = diagnosis.diagnose(

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from aisha_infra.tools.diagnose import host, nginx_config, remote, ufw
 from aisha_infra.tools import ssh as ssh_module
 from aisha_infra.tools.ssh import SSHHost
-from aisha_infra.checks.tlscheck import parse_pem_certs
+from aisha_infra.checks.certificates import parse_pem_certs
 
 from .certfactory import write_pem
 from .tlscases import DOMAIN, build_pki

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from aisha_infra.checks import tlscheck
+from aisha_infra.checks import certificates, served_chain, tlscheck
 from aisha_infra.tools.diagnose.diagnosis import Target, diagnose
 
 from .certfactory import NOW, make_intermediate, make_leaf, make_root, make_self_signed
@@ -43,7 +43,7 @@ def named(findings, check):
 
 
 def load(path):
-    return tlscheck.parse_pem_certs(path.read_bytes())
+    return certificates.parse_pem_certs(path.read_bytes())
 
 
 # --- pure analysis --------------------------------------------------------------------------
@@ -52,7 +52,7 @@ def load(path):
 @pytest.mark.parametrize("name", CASES)
 def test_each_cause_is_named_with_its_fix(pki, name):
     case = pki.cases[name]
-    roots = tlscheck.load_trust_store(str(pki.root), include_system=False)
+    roots = certificates.load_trust_store(str(pki.root), include_system=False)
 
     findings = tlscheck.analyze_chain(load(case.chain), roots, DOMAIN, NOW)
 
@@ -146,8 +146,8 @@ def test_key_match(pki):
     case = pki.cases["good"]
     leaf = load(case.chain)[0]
 
-    right = tlscheck.key_match_finding(leaf, tlscheck.load_public_key(case.key.read_bytes()), "c", "k", DOMAIN)
-    wrong = tlscheck.key_match_finding(leaf, tlscheck.load_public_key(pki.other_key.read_bytes()), "c", "k", DOMAIN)
+    right = tlscheck.key_match_finding(leaf, certificates.load_public_key(case.key.read_bytes()), "c", "k", DOMAIN)
+    wrong = tlscheck.key_match_finding(leaf, certificates.load_public_key(pki.other_key.read_bytes()), "c", "k", DOMAIN)
 
     assert right.severity == "ok"
     assert (wrong.check, wrong.severity) == ("tls.key_mismatch", "error")
@@ -159,7 +159,7 @@ def test_key_match(pki):
 
 def test_cert_file_with_intermediate_first_is_wrong_order_not_key_mismatch(pki):
     good = load(pki.cases["good"].chain)
-    key = tlscheck.load_public_key(pki.cases["good"].key.read_bytes())
+    key = certificates.load_public_key(pki.cases["good"].key.read_bytes())
 
     findings = tlscheck.analyze_cert_file(list(reversed(good)), key, "/x/fullchain.pem", "/x/privkey.pem", DOMAIN)
 
@@ -169,7 +169,7 @@ def test_cert_file_with_intermediate_first_is_wrong_order_not_key_mismatch(pki):
 
 def test_cert_file_with_another_key_is_a_key_mismatch(pki):
     good = load(pki.cases["good"].chain)
-    other = tlscheck.load_public_key(pki.other_key.read_bytes())
+    other = certificates.load_public_key(pki.other_key.read_bytes())
 
     findings = tlscheck.analyze_cert_file(good, other, "/x/fullchain.pem", "/x/privkey.pem", DOMAIN)
 
@@ -178,7 +178,7 @@ def test_cert_file_with_another_key_is_a_key_mismatch(pki):
 
 def test_cert_file_with_the_leaf_only_is_an_incomplete_chain(pki):
     leaf = load(pki.cases["leaf_only"].chain)
-    key = tlscheck.load_public_key(pki.cases["leaf_only"].key.read_bytes())
+    key = certificates.load_public_key(pki.cases["leaf_only"].key.read_bytes())
 
     findings = tlscheck.analyze_cert_file(leaf, key, "/etc/letsencrypt/live/x/cert.pem", "/k", DOMAIN)
 
@@ -301,11 +301,11 @@ def test_plain_http_on_the_tls_port_is_recognised(other_ports):
     thread = threading.Thread(target=answer_http, daemon=True)
     thread.start()
     try:
-        served = tlscheck.fetch_served_chain("127.0.0.1", port, DOMAIN, timeout=5)
+        served = served_chain.fetch_served_chain("127.0.0.1", port, DOMAIN, timeout=5)
     finally:
         thread.join(timeout=5)
         listener.close()
 
-    finding = tlscheck.connection_finding(served, "127.0.0.1", port, DOMAIN)
+    finding = served_chain.connection_finding(served, "127.0.0.1", port, DOMAIN)
     assert "wrong version number" in finding.message
     assert f"listen {port} ssl;" in finding.fix

@@ -20,7 +20,7 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.facts.files import FileContents
 
-from aisha_infra.checks import health, tlscheck
+from aisha_infra.checks import health, served_chain
 from aisha_infra.deploy.facts.tls import ServedCertificate
 from aisha_infra.deploy.operations.letsencrypt import ISSUANCE_FAILURES, fail_host
 
@@ -102,7 +102,7 @@ def expect_summary(state, webhook_url: str) -> None:
 
 
 def _report_certificate(address: str, domain: str, port: int, deadline: float, summary: HostSummary) -> None:
-    served = tlscheck.fetch_served_chain(address, port, domain, timeout=_request_timeout(deadline))
+    served = served_chain.fetch_served_chain(address, port, domain, timeout=_request_timeout(deadline))
     if not served.certs:
         return
     leaf = served.certs[0]

@@ -9,7 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from aisha_infra.checks import health
-from aisha_infra.checks.tlscheck import Finding, chain_trusted, describe, pick_leaf
+from aisha_infra.checks.certificates import describe
+from aisha_infra.checks.findings import Finding
+from aisha_infra.checks.tlscheck import chain_trusted, pick_leaf
 from aisha_infra.tools.diagnose.dns_and_ports import (
     TCP_TIMED_OUT,
     Resolver,

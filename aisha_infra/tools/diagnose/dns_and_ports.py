@@ -8,7 +8,8 @@ import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from aisha_infra.checks.tlscheck import Finding, is_ip
+from aisha_infra.checks.certificates import is_ip
+from aisha_infra.checks.findings import Finding
 
 TCP_TIMEOUT = 3
 TCP_TIMED_OUT = "timed out"  # in a port finding's message: a firewall drops the port

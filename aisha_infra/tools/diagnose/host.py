@@ -9,7 +9,9 @@ import shlex
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from aisha_infra.checks.tlscheck import Finding, analyze_cert_file, parse_pem_certs
+from aisha_infra.checks.certificates import parse_pem_certs
+from aisha_infra.checks.findings import Finding
+from aisha_infra.checks.tlscheck import analyze_cert_file
 from aisha_infra.deploy import paths
 from aisha_infra.tools.diagnose.nginx_config import nginx_tls_files, read_nginx_config
 from aisha_infra.tools.diagnose.remote import Runner, last_line, last_lines

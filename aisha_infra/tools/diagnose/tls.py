@@ -1,24 +1,16 @@
-"""The TLS chain the host serves, checked from this machine: read exactly as sent
-(aisha_infra/checks/tlscheck.py), then its order, completeness, trust, name,
-validity and protocol, and the key it must match when one is given."""
+"""The TLS chain the host serves, checked from this machine: read exactly as sent and
+analysed (aisha_infra/checks/served_chain.py, tlscheck.py), then the protocol, and the
+key it must match when one is given."""
 
 from __future__ import annotations
 
 import datetime
 from pathlib import Path
 
-from aisha_infra.checks.tlscheck import (
-    Finding,
-    ServedChain,
-    analyze_chain,
-    connection_finding,
-    fetch_served_chain,
-    key_match_finding,
-    load_public_key,
-    load_trust_store,
-    pick_leaf,
-    protocol_finding,
-)
+from aisha_infra.checks.certificates import load_public_key
+from aisha_infra.checks.findings import Finding
+from aisha_infra.checks.served_chain import ServedChain, check_served_chain
+from aisha_infra.checks.tlscheck import key_match_finding, pick_leaf, protocol_finding
 
 TLS_TIMEOUT = 10
 
@@ -36,10 +28,11 @@ def check_served_tls(
     """The chain address:port serves for `domain` and the findings about it (why
     none came back, when none did). `ca_bundle` adds trusted roots to the system
     store; `tls_mode` is the host's setting when known."""
-    served = fetch_served_chain(address, port, domain, TLS_TIMEOUT)
+    served, findings = check_served_chain(
+        address, port, domain, now=now, timeout=TLS_TIMEOUT, ca_bundle=ca_bundle, tls_mode=tls_mode
+    )
     if served.error:
-        return served, [connection_finding(served, address, port, domain)]
-    findings = analyze_chain(served.certs, load_trust_store(ca_bundle), domain, now, tls_mode=tls_mode)
+        return served, findings
     findings.append(protocol_finding(served.protocol))
     if key_file:
         findings.append(_served_key_finding(served.certs, key_file, domain))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from aisha_infra.checks.tlscheck import Finding
+from aisha_infra.checks.findings import Finding
 from aisha_infra.tools.diagnose.remote import last_line
 
 
