@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from aisha_infra.checks import health
 from aisha_infra.checks.certificates import describe
-from aisha_infra.checks.findings import Finding
+from aisha_infra.checks.findings import Finding, errors
 from aisha_infra.checks.tlscheck import chain_trusted, pick_leaf
 from aisha_infra.tools.diagnose.dns_and_ports import (
     TCP_TIMED_OUT,
@@ -55,7 +55,7 @@ class Report:
 
     @property
     def failed(self) -> bool:
-        return any(f.severity == "error" for f in self.findings)
+        return bool(errors(self.findings))
 
     def as_dict(self) -> dict:
         return {
