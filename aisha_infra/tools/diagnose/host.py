@@ -7,9 +7,8 @@ from __future__ import annotations
 import shlex
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from aisha_infra.checks.certificates import parse_pem_certs
+from aisha_infra.checks.certificates import load_public_key, parse_pem_certs
 from aisha_infra.checks.findings import Finding
 from aisha_infra.checks.tlscheck import analyze_cert_file
 from aisha_infra.deploy import paths
@@ -105,7 +104,7 @@ def _certificate_file_findings(run: Runner, domain: str, port: int, served_leaf,
         ]
     try:
         certs = parse_pem_certs(pem.encode())
-        public_key = serialization.load_pem_public_key(public_pem.encode())
+        public_key = load_public_key(public_pem.encode())
     except ValueError as exc:
         return findings + [Finding("tls.cert_file", "error", f"Cannot parse {cert_path} or its key: {exc}.", "")]
     findings += analyze_cert_file(certs, public_key, cert_path, key_path, domain)
