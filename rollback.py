@@ -5,11 +5,6 @@ Validates the settings like deploy.py, then switches <base>/current to the previ
 release and restarts the app on it (socket activation holds connections meanwhile).
 """
 
-from pyinfra import host
+from aisha_infra.tasks import roll_back_app
 
-from aisha_infra.deploy.config import validate_inventory
-from aisha_infra.tasks.app import roll_back_app
-
-settings = validate_inventory(host.state)[host.name]
-
-roll_back_app(settings)
+roll_back_app()

@@ -7,6 +7,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
 from aisha_infra.deploy import paths, rendering
+from aisha_infra.deploy.config import host_settings
 from aisha_infra.deploy.operations.app import (
     lists_packages,
     mirrored_directory,
@@ -16,16 +17,17 @@ from aisha_infra.deploy.operations.app import (
     secret_file,
     virtualenv,
 )
-from aisha_infra.deploy.settings import Settings
+from aisha_infra.deploy.settings import DEFAULTS
 
 UPLOAD_EXCLUDE = ["*.pyc", "__pycache__", ".git", ".venv"]
 UPLOAD_EXCLUDE_DIR = ["__pycache__", "*/__pycache__", ".git", ".venv", ".pytest_cache"]
 
 
-@deploy("App")
-def deploy_app(settings: Settings):
+@deploy("App", data_defaults=DEFAULTS)
+def deploy_app():
     """Each release (code, unit, environment, JWKS) lands in <base>/releases/<id>, named
     after its content; it serves only once it came up (else the old one keeps serving)."""
+    settings = host_settings()
     source = settings.app_source_dir
     # The bundled backend is a package of ours only on the control machine.
     exclude = UPLOAD_EXCLUDE + ([] if settings.app_source else [glob.escape(f"{source}/__init__.py")])
@@ -130,8 +132,9 @@ def deploy_app(settings: Settings):
     )
 
 
-@deploy("Rollback")
-def roll_back_app(settings: Settings):
+@deploy("Rollback", data_defaults=DEFAULTS)
+def roll_back_app():
+    settings = host_settings()
     release_activated(
         name="Serve the previous release (back to the current one if it does not start)",
         base=settings.aisha_base_dir,

@@ -3,13 +3,15 @@ from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
 from aisha_infra.deploy import paths, rendering
+from aisha_infra.deploy.config import host_settings
 from aisha_infra.deploy.operations.events import restore_snapshot
-from aisha_infra.deploy.settings import Settings
+from aisha_infra.deploy.settings import DEFAULTS
 
 
-@deploy("Event store")
-def restore_events(settings: Settings):
+@deploy("Event store", data_defaults=DEFAULTS)
+def restore_events():
     """Before the app first starts, which would create an empty store."""
+    settings = host_settings()
     restore_snapshot(
         name="Restore the event store carried over from the previous host",
         snapshot=settings.events_restore_archive,
@@ -18,8 +20,9 @@ def restore_events(settings: Settings):
     )
 
 
-@deploy("Backups")
-def schedule_backups(settings: Settings):
+@deploy("Backups", data_defaults=DEFAULTS)
+def schedule_backups():
+    settings = host_settings()
     files.directory(
         name=f"Private snapshot directory {settings.backup_dir}",
         path=settings.backup_dir,
@@ -54,8 +57,8 @@ def schedule_backups(settings: Settings):
     )
 
 
-@deploy("Backups")
-def remove_backups(settings: Settings):
+@deploy("Backups", data_defaults=DEFAULTS)
+def remove_backups():
     """Backups turned off: no timer left; snapshots already taken are kept."""
     systemd.service(name="Stop aisha-backup.timer", service="aisha-backup.timer", running=False, enabled=False)
     removed = [

@@ -3,9 +3,10 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import systemd
 
+from aisha_infra.deploy.config import host_settings
 from aisha_infra.deploy.facts.system import SshdPorts
 from aisha_infra.deploy.operations import ufw
-from aisha_infra.deploy.settings import Settings
+from aisha_infra.deploy.settings import DEFAULTS, Settings
 from aisha_infra.tasks.watch import metrics_firewall_rules
 
 
@@ -44,8 +45,9 @@ def ssh_rules(settings: Settings, sshd_ports: list[int] | None, connected_port: 
     return [f"allow {port}/tcp" for port in ports if not {f"limit {port}/tcp", f"limit {port}"} & extra]
 
 
-@deploy("Firewall")
-def configure_firewall(settings: Settings):
+@deploy("Firewall", data_defaults=DEFAULTS)
+def configure_firewall():
+    settings = host_settings()
     # Read while preparing, so a refusal comes before any host is changed.
     keep_ssh = ssh_rules(settings, host.get_fact(SshdPorts), connected_ssh_port())
     web = [f"allow {settings.nginx_http_port}/tcp", f"allow {settings.nginx_https_port}/tcp"]

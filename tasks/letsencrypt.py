@@ -6,16 +6,18 @@ from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
 from aisha_infra.deploy import paths, rendering
+from aisha_infra.deploy.config import host_settings
 from aisha_infra.deploy.operations import letsencrypt
-from aisha_infra.deploy.settings import Settings
+from aisha_infra.deploy.settings import DEFAULTS
 from aisha_infra.tasks.nginx import point_site_at_certificate
 
 
 
-@deploy("Let's Encrypt")
-def obtain_certificate(settings: Settings):
+@deploy("Let's Encrypt", data_defaults=DEFAULTS)
+def obtain_certificate():
     """Runs after nginx serves the ACME webroot on port 80 (with the self-signed
     certificate on 8443), then switches the site to the issued certificate."""
+    settings = host_settings()
     ca_bundle = None
     if settings.letsencrypt_ca_bundle:  # a private ACME server (Pebble, an internal CA)
         ca_bundle = paths.REMOTE_ACME_CA
@@ -79,10 +81,11 @@ def obtain_certificate(settings: Settings):
     systemd.service(name="Renew automatically (certbot.timer)", service="certbot.timer", running=True, enabled=True)
 
 
-@deploy("Let's Encrypt")
-def insist_on_letsencrypt(settings: Settings):
+@deploy("Let's Encrypt", data_defaults=DEFAULTS)
+def insist_on_letsencrypt():
     """Last step of the run: the host is set up and verified (serving the self-signed
     certificate when issuance failed) before a degraded run fails it."""
+    settings = host_settings()
     letsencrypt.issued_as_asked(
         name="The certificate asked for is the one served",
         names=settings.letsencrypt_domains,

@@ -3,8 +3,9 @@ from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
 from aisha_infra.deploy import paths, rendering
+from aisha_infra.deploy.config import host_settings
 from aisha_infra.deploy.operations.nginx import certificate_snippet, site_config
-from aisha_infra.deploy.settings import Settings
+from aisha_infra.deploy.settings import DEFAULTS, Settings
 
 
 def point_site_at_certificate(settings: Settings, name: str):
@@ -20,8 +21,11 @@ def point_site_at_certificate(settings: Settings, name: str):
     )
 
 
-@deploy("Nginx")
-def configure_site(settings: Settings, certificate_changes: list):
+@deploy("Nginx", data_defaults=DEFAULTS)
+def configure_site(certificate_changes: list | tuple = ()):
+    """`certificate_changes`: operations whose change means nginx must reload, e.g. what
+    ensure_certificates() returns."""
+    settings = host_settings()
     files.directory(
         name=f"ACME challenge webroot {paths.ACME_WEBROOT}",
         path=f"{paths.ACME_WEBROOT}/.well-known/acme-challenge",

@@ -1,7 +1,8 @@
 from pyinfra.api import deploy
 
+from aisha_infra.deploy.config import host_settings
 from aisha_infra.deploy.operations.apt import packages_installed
-from aisha_infra.deploy.settings import Settings
+from aisha_infra.deploy.settings import DEFAULTS
 
 PACKAGES = [
     "nginx",
@@ -15,8 +16,9 @@ PACKAGES = [
 ]
 
 
-@deploy("Packages")
-def install_packages(settings: Settings):
+@deploy("Packages", data_defaults=DEFAULTS)
+def install_packages():
+    settings = host_settings()
     packages_installed(
         name="Install nginx, certbot, ufw and python3-venv",
         packages=PACKAGES,

@@ -1,8 +1,9 @@
 from pyinfra.api import deploy
 from pyinfra.operations import files, server
 
+from aisha_infra.deploy.config import host_settings
 from aisha_infra.deploy.operations.accounts import system_user
-from aisha_infra.deploy.settings import Settings
+from aisha_infra.deploy.settings import DEFAULTS
 
 
 def create_system_account(user: str, home: str):
@@ -17,8 +18,9 @@ def create_system_account(user: str, home: str):
     )
 
 
-@deploy("Service user")
-def create_service_user(settings: Settings):
+@deploy("Service user", data_defaults=DEFAULTS)
+def create_service_user():
+    settings = host_settings()
     # Its home is not created: the directory is root's, not the user's.
     create_system_account(settings.aisha_user, home=settings.aisha_base_dir)
     # Code and venv are root's: the service can read but never rewrite itself.

@@ -1,13 +1,15 @@
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
+from aisha_infra.deploy.config import host_settings
 from aisha_infra.deploy.operations.tls import self_signed_certificate
-from aisha_infra.deploy.settings import Settings
+from aisha_infra.deploy.settings import DEFAULTS
 
 
-@deploy("TLS")
-def ensure_certificates(settings: Settings) -> list:
+@deploy("TLS", data_defaults=DEFAULTS)
+def ensure_certificates() -> list:
     """Returns the operations whose change means nginx must reload."""
+    settings = host_settings()
     user = settings.aisha_user
     # Always present: the certificate in self-signed mode, and in letsencrypt mode
     # what nginx starts with until (or whenever) Let's Encrypt cannot issue.

@@ -2,17 +2,20 @@ from pyinfra import host
 from pyinfra.api import deploy
 
 from aisha_infra.deploy import paths
+from aisha_infra.deploy.config import host_settings
 from aisha_infra.deploy.operations.verify import expect_summary, https_endpoint, serves_configured_certificate
-from aisha_infra.deploy.settings import Settings
+from aisha_infra.deploy.settings import DEFAULTS
 
 
-def announce_summary(settings: Settings):
+def announce_summary():
     """Every host gets a summary line at the end of the run, verified or not."""
+    settings = host_settings()
     expect_summary(host.state, settings.webhook_url)
 
 
-@deploy("Verify")
-def verify_endpoint(settings: Settings):
+@deploy("Verify", data_defaults=DEFAULTS)
+def verify_endpoint():
+    settings = host_settings()
     serves_configured_certificate(
         name="nginx serves the certificate its configuration names (else nginx -t, reload)",
         port=settings.nginx_https_port,

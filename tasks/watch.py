@@ -7,8 +7,9 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from aisha_infra.deploy import paths, rendering
+from aisha_infra.deploy.config import host_settings
 from aisha_infra.deploy.onhost import aisha_watch
-from aisha_infra.deploy.settings import Settings
+from aisha_infra.deploy.settings import DEFAULTS, Settings
 from aisha_infra.tasks.service_user import create_system_account
 
 
@@ -18,11 +19,12 @@ def metrics_firewall_rules(settings: Settings) -> list[str]:
     return [f"allow from {source} to any port {port} proto tcp" for source in settings.metrics_allow_from]
 
 
-@deploy("Watch")
-def deploy_watch(settings: Settings):
+@deploy("Watch", data_defaults=DEFAULTS)
+def deploy_watch():
     """The on-host watch: aisha-watch.timer runs the checker as an unprivileged user;
     certbot's failures start it at once; node_exporter exports its results (opt-in)."""
     create_system_account(rendering.WATCH_USER, home=paths.WATCH_STATE_DIR)
+    settings = host_settings()
     script = files.put(
         name=f"Install the checker {paths.WATCH_SCRIPT_PATH}",
         src=aisha_watch.__file__,
@@ -112,7 +114,7 @@ def deploy_watch(settings: Settings):
     )
 
 
-@deploy("Watch (off)")
-def stop_watch(settings: Settings):
+@deploy("Watch (off)", data_defaults=DEFAULTS)
+def stop_watch():
     """watch_enabled = False: the timer no longer runs (its files stay, inert)."""
     systemd.service(name="Stop aisha-watch.timer", service="aisha-watch.timer", running=False, enabled=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from weakref import WeakKeyDictionary
 
+from pyinfra import host
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.server import LinuxDistribution
 
@@ -34,6 +35,13 @@ def validate_inventory(state) -> dict[str, Settings]:
         raise PyinfraError("\n".join(problems))
     _VALIDATED[state] = settings
     return settings
+
+
+def host_settings() -> Settings:
+    """The settings of the host being deployed, from its host.data (under which our
+    @deploys put DEFAULTS). Every deploy of ours starts with it: the first call validates
+    every host, so a bad value anywhere stops the run before any operation."""
+    return validate_inventory(host.state)[host.name]
 
 
 def validate_before_connecting(state) -> None:

@@ -275,6 +275,9 @@ class Settings:
 
 
 SETTING_NAMES = tuple(f.name for f in fields(Settings))
+# Every setting's default, as pyinfra data: each @deploy of ours passes it as data_defaults,
+# so host.data has every key inside our deploys and inventory data overrides it.
+DEFAULTS = {f.name: f.default for f in fields(Settings)}
 # Prefixes that mark a data key as ours, so a misspelt one is caught instead of ignored.
 # (ssh_ is pyinfra's own: ssh_user, ssh_key, ...)
 OUR_PREFIXES = (
@@ -819,7 +822,7 @@ def unknown_keys(data: dict[str, Any]) -> list[tuple[str, str]]:
 def build_settings(data: dict[str, Any], where: str = "") -> Settings:
     """Validate `data` (pyinfra host data) and return the settings, or raise SettingsError
     listing every problem with its key."""
-    values = {f.name: getattr(Settings, f.name) for f in fields(Settings)}
+    values = dict(DEFAULTS)
     values.update({k: v for k, v in data.items() if k in SETTING_NAMES})
     for key in ("letsencrypt_extra_domains", "firewall_extra_rules", "metrics_allow_from"):
         if isinstance(values[key], list):

@@ -1,0 +1,64 @@
+"""The whole webhook host in one deploy, for any deploy file:
+
+    from aisha_infra.tasks import deploy_webhook_host
+    deploy_webhook_host()
+
+Order matters: the app runs before nginx proxies to it, a certificate exists
+before nginx references it, the firewall opens SSH before it closes anything,
+and Let's Encrypt's HTTP-01 challenge needs nginx and port 80 up first.
+"""
+
+from pyinfra import host
+
+from aisha_infra.deploy.config import check_supported_systems, host_settings
+from aisha_infra.tasks.app import deploy_app
+from aisha_infra.tasks.backup import remove_backups, restore_events, schedule_backups
+from aisha_infra.tasks.connection import send_without_delay
+from aisha_infra.tasks.firewall import configure_firewall
+from aisha_infra.tasks.letsencrypt import insist_on_letsencrypt, obtain_certificate
+from aisha_infra.tasks.nginx import configure_site
+from aisha_infra.tasks.packages import install_packages
+from aisha_infra.tasks.service_user import create_service_user
+from aisha_infra.tasks.tls import ensure_certificates
+from aisha_infra.tasks.verify import announce_summary, verify_endpoint
+from aisha_infra.tasks.watch import deploy_watch, stop_watch
+
+
+def deploy_webhook_host():
+    """Provision this host as a fal.ai webhook server, as its host.data says (every
+    setting: aisha_infra/deploy/settings.py). Every host's settings and system are
+    checked before the first operation anywhere.
+
+    Each concern is a @deploy of its own; this is a plain function, because a @deploy
+    around them would prefix every operation's name ("Webhook host | App | ...") and the
+    names are read by people, the rollout ("App | Serve release ...") and the tests.
+    Connection arguments (_sudo, ...) come from host data, as for any deploy file."""
+    settings = host_settings()
+    check_supported_systems(host.state)
+
+    send_without_delay()
+    announce_summary()
+
+    install_packages()
+    create_service_user()
+    if settings.events_restore_archive:
+        restore_events()
+    deploy_app()
+    if settings.backups_on:
+        schedule_backups()
+    else:
+        remove_backups()
+    certificate_changes = ensure_certificates()
+    configure_site(certificate_changes)
+    if settings.firewall_enabled:
+        configure_firewall()
+    if settings.tls_mode == "letsencrypt":
+        obtain_certificate()
+    if settings.verify_enabled:
+        verify_endpoint()
+    if settings.watch_enabled:
+        deploy_watch()
+    else:
+        stop_watch()
+    if settings.tls_mode == "letsencrypt":
+        insist_on_letsencrypt()
