@@ -1,0 +1,3 @@
+from aisha_infra.tasks import deploy_webhook_host
+
+deploy_webhook_host()
