@@ -70,18 +70,21 @@ def example(lab, tmp_path_factory) -> ExampleProject:
                    stdout=subprocess.DEVNULL)
 
     host = lab.add_hosts(count=1)[0]
-    project = work / "project"
-    shutil.copytree(EXAMPLE, project)
-    # the lab's SSH data (its key, host keys new at every boot) as the host's pyinfra data
-    (project / "hosts.json").write_text(json.dumps([list(host.pyinfra_host())]))
-    home = work / "home"
-    home.mkdir()
-    # No PYTHONPATH, no virtualenv of ours: only what a user's shell would have.
-    env = {"PATH": f"{venv / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
-    example = ExampleProject(wheel, venv, project, env, host, work / "cert.pem", DeployRun(1, ""))
-    example.first_run = example.deploy()
-    example.cert_pem.write_text(host.run("cat /opt/aisha-backend/ssl/webhooks_example_com.crt").stdout)
-    return example
+    try:
+        project = work / "project"
+        shutil.copytree(EXAMPLE, project)
+        # the lab's SSH data (its key, host keys new at every boot) as the host's pyinfra data
+        (project / "hosts.json").write_text(json.dumps([list(host.pyinfra_host())]))
+        home = work / "home"
+        home.mkdir()
+        # No PYTHONPATH, no virtualenv of ours: only what a user's shell would have.
+        env = {"PATH": f"{venv / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
+        example = ExampleProject(wheel, venv, project, env, host, work / "cert.pem", DeployRun(1, ""))
+        example.first_run = example.deploy()
+        example.cert_pem.write_text(host.run("cat /opt/aisha-backend/ssl/webhooks_example_com.crt", check=False).stdout)
+        yield example
+    finally:
+        lab.destroy_host(host.name)
 
 
 def repository_files(directory: str) -> set[str]:
