@@ -21,12 +21,14 @@ _VALIDATED: WeakKeyDictionary = WeakKeyDictionary()
 
 
 def validate_inventory(state) -> dict[str, Settings]:
-    """Validate every host's settings at once, before any operation is prepared
-    anywhere; raise one error that lists every bad key of every host."""
+    """Validate the settings of every host being deployed at once, before any operation
+    is prepared anywhere; raise one error that lists every bad key of every such host.
+    Under --limit only the hosts it selects are deployed, so only they are checked: a
+    broken entry elsewhere in the inventory does not block them."""
     if state in _VALIDATED:
         return _VALIDATED[state]
     problems, settings = [], {}
-    for inventory_host in state.inventory:
+    for inventory_host in filter(state.is_host_in_limit, state.inventory):
         try:
             settings[inventory_host.name] = settings_for(inventory_host)
         except SettingsError as exc:
@@ -45,8 +47,8 @@ def host_settings() -> Settings:
 
 
 def validate_before_connecting(state) -> None:
-    """Check every host's settings before pyinfra opens the first SSH connection: a bad
-    value stops the run without touching, or even logging into, any host.
+    """Check the settings of every host being deployed (see validate_inventory) before
+    pyinfra opens the first SSH connection: a bad value stops the run without touching, or even logging into, any host.
 
     Called from inventory.py, which pyinfra runs before the inventory is complete
     (group_data and --data come after it). pyinfra initialises the state with the

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aisha_infra.deploy import paths
 from aisha_infra.deploy.inventory import InventoryError
+from aisha_infra.tools import inventory as tools_inventory
 from aisha_infra.tools.ssh import SSHError, SSHHost, add_ssh_arguments, ssh_overrides
 
 EXPORT_TIMEOUT_S = 300
@@ -49,6 +50,7 @@ def register(subparsers) -> None:
     export.add_argument("--out", type=Path, required=True, help="archive to write (mode 0600)")
     export.add_argument("--inventory", metavar="FILE",
                         help="pyinfra inventory (e.g. inventory.py with AISHA_HOSTS): connect as it says")
+    tools_inventory.add_arguments(export, limit=False)  # --data: with --inventory, as pyinfra's
     add_ssh_arguments(export)
     export.set_defaults(run=_run_export)
 
@@ -56,9 +58,7 @@ def register(subparsers) -> None:
 def _ssh_host(args) -> SSHHost:
     data: dict = {}
     if args.inventory:
-        from aisha_infra.tools.diagnose.targets import load_inventory
-
-        hosts = dict(load_inventory(args.inventory))
+        hosts = tools_inventory.load(args.inventory, args.data).hosts
         if args.host not in hosts:
             raise SSHError(f"{args.host!r} is not in {args.inventory} (hosts: {', '.join(hosts) or 'none'})")
         data = hosts[args.host]

@@ -13,11 +13,14 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from aisha_infra.deploy.inventory import InventoryError
 from aisha_infra.deploy.settings import Settings
 from aisha_infra.deploy.snapshots import snapshot_problem
+from aisha_infra.tools import inventory as tools_inventory
 from aisha_infra.tools.ssh import SSHError, SSHHost, add_ssh_arguments, ssh_overrides
 
 SSH_TIMEOUT = 600  # a large store takes a while to copy
@@ -77,19 +80,18 @@ def pull(source: Source, out_dir: Path, fresh: bool = False) -> Path:
     return target
 
 
-def sources(target: str, overrides: dict) -> list[Source]:
+def sources(target: str, overrides: dict, data: Sequence[str] = (), limit: Sequence[str] = ()) -> list[Source]:
     """An inventory file's hosts (with their ssh data and backup_dir), or one address.
-    `overrides`: SSH flags that win over the inventory's data (ssh.ssh_overrides)."""
+    `overrides`: SSH flags that win over the inventory's data (ssh.ssh_overrides);
+    `data`, `limit`: pyinfra's --data and --limit for an inventory."""
     if not Path(target).is_file():
         return [Source(target, SSHHost.from_data(target, {}, **overrides), Settings.backup_dir)]
     if Path(target).suffix != ".py":
         raise PullError(f"{target} is not a pyinfra inventory (.py); for a hosts file run "
                         f"`AISHA_HOSTS={target} aisha-infra events pull inventory.py ...`")
-    from aisha_infra.tools.diagnose.targets import load_inventory  # pyinfra's merge of group data, without pyinfra_cli
-
     return [
-        Source(name, SSHHost.from_data(name, data, **overrides), data.get("backup_dir") or Settings.backup_dir)
-        for name, data in load_inventory(target)
+        Source(name, SSHHost.from_data(name, host_data, **overrides), host_data.get("backup_dir") or Settings.backup_dir)
+        for name, host_data in tools_inventory.load(target, data, limit).selected_hosts()
     ]
 
 
@@ -102,14 +104,15 @@ def register(subparsers) -> None:
                              help="an address (SSH), or a pyinfra inventory file for all its hosts")
     pull_parser.add_argument("--out", type=Path, required=True, help="directory to write the snapshots to")
     pull_parser.add_argument("--fresh", action="store_true", help="take a new snapshot on the host first")
+    tools_inventory.add_arguments(pull_parser)  # --data, --limit: for an inventory, as pyinfra's
     add_ssh_arguments(pull_parser)
     pull_parser.set_defaults(run=_run_pull)
 
 
 def _run_pull(args) -> int:
     try:
-        hosts = sources(args.target, ssh_overrides(args))
-    except (PullError, SSHError) as exc:
+        hosts = sources(args.target, ssh_overrides(args), args.data, args.limit)
+    except (PullError, SSHError, InventoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failed = 0

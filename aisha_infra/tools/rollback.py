@@ -11,29 +11,34 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from aisha_infra.tools.rollout import PYINFRA, host_errors, pyinfra_error, run_pyinfra
+from aisha_infra.deploy.inventory import InventoryError
+from aisha_infra.tools import inventory as tools_inventory
+from aisha_infra.tools.pyinfra_report import CONFIG_FILE
+from aisha_infra.tools.rollout import PYINFRA, deploy_outcomes, run_pyinfra, why_stopped
 
 ROLLBACK_FILE = "rollback.py"
 
 
-def rollback_command(inventory: str, limits: list[str]) -> list[str]:
-    command = [PYINFRA, "-y", inventory, ROLLBACK_FILE, "--json"]
+def rollback_command(inventory: str, limits: list[str], data: Sequence[str] = ()) -> list[str]:
+    command = [PYINFRA, "-y", inventory, ROLLBACK_FILE, *tools_inventory.pyinfra_data_arguments(data)]
     for limit in limits:
         command += ["--limit", limit]
-    return command
+    return [*command, "--config", str(CONFIG_FILE)]  # per-host results (pyinfra_report)
 
 
-def roll_back(inventory: str, limits: list[str], echo) -> bool:
+def roll_back(inventory: str, limits: list[str], echo, data: Sequence[str] = ()) -> bool:
     """Run the rollback; True when every host switched."""
-    run = run_pyinfra(rollback_command(inventory, limits), echo)
+    run = run_pyinfra(rollback_command(inventory, limits, data), echo)
     if run.returncode != 0:
-        hosts = sorted(((run.report or {}).get("results") or {}).get("failed_hosts", []))
-        for name, error in host_errors(run.log, hosts).items():
-            echo(f"  {name}: rollback FAILED: {error}")
-        if not hosts:
-            echo(f"  rollback FAILED: {pyinfra_error(run)}")
+        reported = list((run.report or {}).get("hosts") or {})
+        for name, outcome in deploy_outcomes(run, reported).items():
+            if outcome.failure:
+                echo(f"  {name}: rollback FAILED: {outcome.failure[1]}")
+        if not reported:
+            echo(f"  rollback FAILED: {why_stopped(run)}")
     return run.returncode == 0
 
 
@@ -45,6 +50,7 @@ def register(subparsers) -> None:
     parser.add_argument("--inventory", default="inventory.py", help="pyinfra inventory file (default: inventory.py)")
     parser.add_argument("--limit", action="append", default=[], metavar="GROUP|HOST",
                         help="only these hosts or inventory groups (repeatable; default: every host)")
+    tools_inventory.add_arguments(parser, limit=False)  # --data, handed on to pyinfra
     parser.set_defaults(run=run)
 
 
@@ -53,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             print(f"aisha-infra rollback: {what} {path} does not exist in {Path.cwd()}", file=sys.stderr)
             return 2
-    ok = roll_back(args.inventory, args.limit, lambda line: print(line, flush=True))
+    try:
+        tools_inventory.check_data_arguments(args.data)
+    except InventoryError as exc:
+        print(f"aisha-infra rollback: {exc}", file=sys.stderr)
+        return 2
+    ok = roll_back(args.inventory, args.limit, lambda line: print(line, flush=True), args.data)
     print("Rollback complete." if ok else "Rollback FAILED for some host (see above); it serves what it served before.")
     return 0 if ok else 1

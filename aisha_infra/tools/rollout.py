@@ -2,7 +2,7 @@
 
 A stage is an inventory group (default: canary, then production). For each stage:
   1. deploy: the real `pyinfra -y INVENTORY deploy.py --limit STAGE`, its progress shown
-     as it runs (plus --json, so its results come per host instead of summed);
+     as it runs (plus --config pyinfra_config.py: its results per host, as JSON);
   2. gate: every host must answer GET /health over verified HTTPS (exact JSON) at every
      check: at least --checks in a row, one every --interval seconds, until --soak
      seconds have passed; then accept a test webhook POST.
@@ -16,10 +16,11 @@ stage), 2 bad arguments, inventory or settings (nothing started).
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import math
+import os
 import re
-import runpy
 import shlex
 import shutil
 import subprocess
@@ -33,9 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aisha_infra.checks import health
-from aisha_infra.tools.diagnose.targets import _is_host_group, load_inventory
 from aisha_infra.deploy.inventory import InventoryError
 from aisha_infra.deploy.settings import Settings, SettingsError, build_settings
+from aisha_infra.tools import inventory as tools_inventory
+from aisha_infra.tools.pyinfra_report import CONFIG_FILE, REPORT_ENV
 from aisha_infra.tools.ssh import SSHHost
 
 DEFAULT_STAGES = ("canary", "production")
@@ -49,9 +51,8 @@ SSH_TIMEOUT = 30
 MAX_PARALLEL_CHECKS = 16
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# "    [host]   message": pyinfra pads the prefix to the longest host name.
-_HOST_LINE = re.compile(r"^\s*\[(?P<host>[^\]]+)\]\s+(?P<text>.*)$")
-_HOST_ERROR = re.compile(r"^(Error\b|Could not connect|Unexpected error)")
+# A failure is printed in one line of at most this many characters.
+BRIEF_CHARACTERS = 240
 
 
 class RolloutError(RuntimeError):
@@ -102,22 +103,11 @@ class GateTarget:
 @dataclass
 class PyinfraRun:
     returncode: int
-    report: dict | None  # pyinfra's --json output: {"plan": [...], "results": {...} | None}
-    log: list[str]  # its progress lines (stderr), without colour codes
+    report: dict | None  # per-host results (aisha_infra.tools.pyinfra_report); None: pyinfra ended before
+    timed_out: float | None = None  # stopped after this many seconds
 
 
 # --- planning -------------------------------------------------------------------------------
-
-
-def inventory_groups(path: str | Path) -> dict[str, list[str]]:
-    """Host names by group, read from the inventory file the way pyinfra reads it."""
-    groups = {}
-    for name, value in runpy.run_path(str(path)).items():
-        if name.startswith("_") or not _is_host_group(value):
-            continue
-        members = value[0] if isinstance(value, tuple) else value
-        groups[name] = [m[0] if isinstance(m, tuple) else m for m in members]
-    return groups
 
 
 def plan_stages(groups: dict[str, list[str]], order: Sequence[str]) -> list[Stage]:
@@ -148,137 +138,130 @@ def gate_rounds(checks: int, soak: float, interval: float) -> int:
     return max(checks, 1 + math.ceil(soak / interval))
 
 
-def pyinfra_command(inventory: str, stage: str, dry: bool) -> list[str]:
-    """One stage's deploy, as a person runs it by hand, plus --json for per-host results."""
-    return [PYINFRA, "--dry" if dry else "-y", inventory, DEPLOY_FILE, "--limit", stage, "--json"]
+def pyinfra_command(inventory: str, stage: str, dry: bool, data: Sequence[str] = ()) -> list[str]:
+    """One stage's deploy, as a person runs it by hand, plus the config file that writes
+    its per-host results (pyinfra_report)."""
+    return [PYINFRA, "--dry" if dry else "-y", inventory, DEPLOY_FILE, "--limit", stage,
+            *tools_inventory.pyinfra_data_arguments(data), "--config", str(CONFIG_FILE)]
 
 
 def shown_command(command: list[str]) -> str:
-    return shlex.join(["pyinfra", *(a for a in command[1:] if a != "--json")])
+    """The command as a person would type it (without the results' config file)."""
+    shown = list(command[1:])
+    if "--config" in shown:
+        del shown[shown.index("--config"):shown.index("--config") + 2]
+    return shlex.join(["pyinfra", *shown])
 
 
 # --- pyinfra's output -------------------------------------------------------------------------
 
 
 def run_pyinfra(command: list[str], echo: Callable[[str], None], timeout: float = STAGE_TIMEOUT) -> PyinfraRun:
-    """Run pyinfra, echoing its progress (stderr) line by line; its stdout is the JSON report."""
-    process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, errors="replace",
-    )  # fmt: skip
-    stdout: list[str] = []
-    reader = threading.Thread(target=lambda: stdout.append(process.stdout.read()), daemon=True)
-    reader.start()
-    timed_out = threading.Event()
+    """Run pyinfra, echoing its progress line by line; then read the per-host results
+    it wrote (pyinfra_report) to a file of ours."""
+    with tempfile.TemporaryDirectory(prefix="aisha-pyinfra-") as folder:
+        report_file = Path(folder) / "report.json"
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, errors="replace", env={**os.environ, REPORT_ENV: str(report_file)},
+        )  # fmt: skip
+        timed_out = threading.Event()
 
-    def stop() -> None:
-        timed_out.set()
-        process.kill()
+        def stop() -> None:
+            timed_out.set()
+            process.kill()
 
-    watchdog = threading.Timer(timeout, stop)
-    watchdog.start()
-    log: list[str] = []
-    try:
-        for raw in process.stderr:
-            line = _ANSI.sub("", raw.rstrip("\n"))
-            log.append(line)
-            if line.strip():
-                echo(f"  {line}")
-        returncode = process.wait()
-    except BaseException:  # e.g. Ctrl-C: never leave a deploy running behind us
-        process.kill()
-        raise
-    finally:
-        watchdog.cancel()
-        reader.join()
-    if timed_out.is_set():
-        log.append(f"--> pyinfra error: stopped after {timeout:g} s without finishing")
-    return PyinfraRun(returncode, parse_report("".join(stdout)), log)
-
-
-def parse_report(stdout: str) -> dict | None:
-    """pyinfra's --json report: the last line of stdout that is a JSON object."""
-    for line in reversed(stdout.splitlines()):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                return None
-    return None
+        watchdog = threading.Timer(timeout, stop)
+        watchdog.start()
+        try:
+            for raw in process.stdout:
+                line = _ANSI.sub("", raw.rstrip("\n"))
+                if line.strip():
+                    echo(f"  {line}")
+            returncode = process.wait()
+        except BaseException:  # e.g. Ctrl-C: never leave a deploy running behind us
+            process.kill()
+            raise
+        finally:
+            watchdog.cancel()
+        try:
+            report = json.loads(report_file.read_text())
+        except (OSError, ValueError):
+            report = None
+    return PyinfraRun(returncode, report, timeout if timed_out.is_set() else None)
 
 
-def host_errors(log: list[str], hosts: Sequence[str]) -> dict[str, str]:
-    """The first error pyinfra logged for each host, with the operation and the lines
-    the host printed just before it (a failing command's output)."""
-    errors: dict[str, str] = {}
-    operation = ""
-    recent: dict[str, list[str]] = {name: [] for name in hosts}
-    for line in log:
-        if line.startswith("--> Starting operation:"):
-            operation = line.split(":", 1)[1].strip()
-            recent = {name: [] for name in hosts}
-            continue
-        match = _HOST_LINE.match(line)
-        if not match or match["host"] not in recent:
-            continue
-        name, text = match["host"], match["text"].strip()
-        if _HOST_ERROR.match(text):
-            if name not in errors:
-                errors[name] = (f"{operation}: " if operation else "") + " / ".join([*recent[name][-3:], text])
-        else:
-            recent[name].append(text)
-    return errors
+def why_stopped(run: PyinfraRun) -> str:
+    """Why pyinfra stopped the whole run, from its results; else its exit status."""
+    if run.timed_out is not None:
+        return f"stopped after {run.timed_out:g} s without finishing"
+    if run.report and run.report.get("error"):
+        return brief(run.report["error"])
+    return f"pyinfra exited with status {run.returncode} (its output above says why)"
 
 
-def pyinfra_error(run: PyinfraRun) -> str:
-    """Why pyinfra stopped, in its own words (its last `--> ... error` line)."""
-    for line in reversed(run.log):
-        if line.startswith("--> ") and "error" in line.lower():
-            return line[4:].strip()
-    return f"pyinfra exited with status {run.returncode}"
+_HTML = re.compile(r"<(!doctype|html|head|body)\b.*", re.IGNORECASE | re.DOTALL)
+_HTML_TITLE = re.compile(r"<(title|h1)[^>]*>(?P<text>.*?)</\1>", re.IGNORECASE | re.DOTALL)
+
+
+def brief(text: str) -> str:
+    """One line of at most BRIEF_CHARACTERS: an HTML page (an error page nginx sent) is
+    reduced to its status line (its title), escaped line breaks become spaces."""
+    text = text.replace("\\r\\n", " ").replace("\\n", " ")
+
+    def status_line(match: re.Match) -> str:
+        title = _HTML_TITLE.search(match.group(0))
+        return f"[HTML page: {html.unescape(title['text']).strip()}]" if title else "[HTML page]"
+
+    text = " ".join(_HTML.sub(status_line, text).split())
+    return text if len(text) <= BRIEF_CHARACTERS else text[:BRIEF_CHARACTERS - 3] + "..."
+
+
+def _host_error(host: dict) -> str | None:
+    """What failed on one host: its connection, else its first failed operation (by the
+    host's own name of it), else its failure without a message."""
+    if host.get("connect_error"):
+        return brief(f"connection: {host['connect_error']}")
+    for operation in host["operations"]:
+        if operation["status"] == "error":
+            return brief(f"{operation['name']}: {operation['error']}")
+    return "failed (pyinfra's output above says why)" if host.get("failed") else None
 
 
 def deploy_outcomes(run: PyinfraRun, hosts: Sequence[str]) -> dict[str, HostOutcome]:
-    """Per host: operations changed/unchanged and, for a failed host, why. When pyinfra
-    stopped without results, every host without an error of its own fails with pyinfra's."""
+    """Per host: operations changed/unchanged and, for a failed host, why. A host that
+    pyinfra stopped before it finished fails with the reason pyinfra stopped."""
     outcomes = {name: HostOutcome(name) for name in hosts}
-    results = (run.report or {}).get("results")
-    failed = set(hosts)
-    if results is not None:
-        failed = set(results.get("failed_hosts", [])) & failed
-        for outcome in outcomes.values():
-            outcome.changed = outcome.unchanged = 0
-        for operation in results.get("operations", []):
-            for name in operation.get("success", []):
-                if name in outcomes:
-                    outcomes[name].changed += 1
-            for name in operation.get("no_change", []):
-                if name in outcomes:
-                    outcomes[name].unchanged += 1
-    elif run.returncode == 0:
-        failed = set()  # nothing to count, nothing failed (an empty deploy)
-    errors = host_errors(run.log, hosts)
-    for name in sorted(failed):
-        outcomes[name].failure = ("deploy", errors.get(name) or f"pyinfra stopped: {pyinfra_error(run)}")
+    reported = (run.report or {}).get("hosts", {})
+    for name, outcome in outcomes.items():
+        host = reported.get(name)
+        if host is None:
+            if run.returncode != 0:
+                outcome.failure = ("deploy", f"pyinfra stopped: {why_stopped(run)}")
+            continue
+        statuses = [operation["status"] for operation in host["operations"]]
+        if not host.get("connect_error") and (not statuses or any(status != "not run" for status in statuses)):
+            outcome.changed, outcome.unchanged = statuses.count("changed"), statuses.count("no change")
+        error = _host_error(host)
+        if error:
+            outcome.failure = ("deploy", error)
+        elif run.returncode != 0 and "not run" in statuses:
+            outcome.failure = ("deploy", f"pyinfra stopped: {why_stopped(run)}")
     return outcomes
 
 
 def dry_outcomes(run: PyinfraRun, hosts: Sequence[str]) -> dict[str, HostOutcome]:
-    """Per host: what `pyinfra --dry` says would change."""
+    """Per host: what `pyinfra --dry` says would change, by the host's own operation names."""
     outcomes = {name: HostOutcome(name) for name in hosts}
-    plan = (run.report or {}).get("plan")
-    if run.returncode != 0 or plan is None:
-        errors = host_errors(run.log, hosts)
-        for name, outcome in outcomes.items():
-            outcome.failure = ("plan", errors.get(name) or f"pyinfra stopped: {pyinfra_error(run)}")
-        return outcomes
-    for operation in plan:
-        for name in operation.get("hosts_with_change", []):
-            if name in outcomes:
-                outcomes[name].would_change.append(operation["name"])
-        for name in operation.get("hosts_with_conditional_change", []):
-            if name in outcomes:
-                outcomes[name].may_change.append(operation["name"])
+    reported = (run.report or {}).get("hosts", {})
+    for name, outcome in outcomes.items():
+        host = reported.get(name)
+        error = _host_error(host) if host else None
+        if error or run.returncode != 0 or host is None:
+            outcome.failure = ("plan", error or f"pyinfra stopped: {why_stopped(run)}")
+            continue
+        outcome.would_change = [op["name"] for op in host["operations"] if op["change"] == "yes"]
+        outcome.may_change = [op["name"] for op in host["operations"] if op["change"] == "if"]
     return outcomes
 
 
@@ -351,9 +334,9 @@ def run_gate(
                 outcomes[target.name].health_passes += 1
                 still_healthy.append(target)
             else:
-                outcomes[target.name].failure = ("https-health", detail)
+                outcomes[target.name].failure = ("https-health", brief(detail))
                 failed += 1
-                echo(f"  {target.name}: health check {index + 1} FAILED: {detail}")
+                echo(f"  {target.name}: health check {index + 1} FAILED (why: in the summary)")
         healthy = still_healthy
         echo(f"  health check {index + 1}/{rounds}: {len(healthy)}/{len(targets)} host(s) healthy "
              f"(t+{clock() - start:.0f} s)")
@@ -366,8 +349,8 @@ def run_gate(
         if ok:
             outcomes[target.name].webhook_ok = True
         else:
-            outcomes[target.name].failure = ("webhook-post", detail)
-            echo(f"  {target.name}: webhook POST FAILED: {detail}")
+            outcomes[target.name].failure = ("webhook-post", brief(detail))
+            echo(f"  {target.name}: webhook POST FAILED (why: in the summary)")
     echo(f"  webhook POST: {sum(outcomes[t.name].webhook_ok for t in healthy)}/{len(healthy)} host(s) accepted it")
 
 
@@ -381,6 +364,7 @@ class Options:
     interval: float
     fail_percent: float
     rollback: bool = True  # a failed stage's hosts go back to their previous app release
+    data: tuple[str, ...] = ()  # pyinfra --data KEY=VALUE overrides, handed on to every pyinfra run
 
 
 def deploy_stage(stage: Stage, options: Options, hosts_data: dict[str, dict], settings: dict[str, Settings],
@@ -388,7 +372,7 @@ def deploy_stage(stage: Stage, options: Options, hosts_data: dict[str, dict], se
     """Deploy one stage with pyinfra, then gate it."""
     result = StageResult(stage)
     started = time.monotonic()
-    command = pyinfra_command(options.inventory, stage.name, dry=False)
+    command = pyinfra_command(options.inventory, stage.name, dry=False, data=options.data)
     echo(f"  deploy: {shown_command(command)}")
     run = run_pyinfra(command, echo)
     result.hosts = deploy_outcomes(run, stage.hosts)
@@ -400,7 +384,7 @@ def deploy_stage(stage: Stage, options: Options, hosts_data: dict[str, dict], se
     allowed = allowed_failures(len(stage.hosts), options.fail_percent)
     for outcome in result.hosts.values():
         if outcome.failure:
-            echo(f"  {outcome.name}: deploy FAILED: {outcome.failure[1]}")
+            echo(f"  {outcome.name}: deploy FAILED (why: in the summary)")
     deploy_failures = sum(o.failure is not None for o in result.hosts.values())
     if deploy_failures <= allowed:
         started = time.monotonic()
@@ -413,8 +397,8 @@ def deploy_stage(stage: Stage, options: Options, hosts_data: dict[str, dict], se
                 targets.append(gate_target(name, hosts_data[name], settings[name], workdir))
             except OSError as exc:
                 path = settings[name].pinned_certificate
-                outcome.failure = ("tls-trust", f"cannot fetch the deployed certificate {path} over SSH: {exc}")
-                echo(f"  {name}: {outcome.failure[1]}")
+                outcome.failure = ("tls-trust", brief(f"cannot fetch the deployed certificate {path} over SSH: {exc}"))
+                echo(f"  {name}: tls-trust FAILED (why: in the summary)")
         failures_left = allowed - sum(o.failure is not None for o in result.hosts.values())
         if failures_left >= 0:
             run_gate(targets, result.hosts, options.rounds, options.interval, failures_left, echo)
@@ -430,7 +414,7 @@ def plan_stage(stage: Stage, options: Options, echo: Callable[[str], None]) -> S
     """--dry: what the stage's deploy would change, from pyinfra --dry."""
     result = StageResult(stage)
     started = time.monotonic()
-    command = pyinfra_command(options.inventory, stage.name, dry=True)
+    command = pyinfra_command(options.inventory, stage.name, dry=True, data=options.data)
     echo(f"  plan: {shown_command(command)}")
     result.hosts = dry_outcomes(run_pyinfra(command, echo), stage.hosts)
     result.deploy_seconds = time.monotonic() - started
@@ -457,7 +441,6 @@ def rollout(stages: list[Stage], options: Options, hosts_data: dict[str, dict], 
             if results[index].status == "failed":
                 if options.rollback:
                     roll_back_stage(results[index], options, echo)
-                echo("\n" + stop_message(results))
                 break
     return results
 
@@ -469,9 +452,8 @@ RELEASE_OPERATION = "App | Serve release "
 
 def switched_release(run: PyinfraRun) -> set[str]:
     """Hosts the deploy put on a new app release (its activation changed something)."""
-    operations = ((run.report or {}).get("results") or {}).get("operations", [])
-    return {name for op in operations if str(op.get("name", "")).startswith(RELEASE_OPERATION)
-            for name in op.get("success", [])}
+    return {name for name, host in ((run.report or {}).get("hosts") or {}).items()
+            if any(op["name"].startswith(RELEASE_OPERATION) and op["status"] == "changed" for op in host["operations"])}
 
 
 def roll_back_stage(result: StageResult, options: Options, echo: Callable[[str], None]) -> None:
@@ -485,30 +467,9 @@ def roll_back_stage(result: StageResult, options: Options, echo: Callable[[str],
 
     echo(f"\n==> Rollback of {result.stage.name}: {', '.join(hosts)} back to the previous release "
          "(--no-rollback leaves them as they are)")
-    if roll_back(options.inventory, hosts, echo):
+    if roll_back(options.inventory, hosts, echo, options.data):
         result.rolled_back = hosts
         echo(f"  rolled back: {', '.join(hosts)} serve their previous release again")
-
-
-def first_failure(result: StageResult) -> tuple[str, str, str] | None:
-    for outcome in result.hosts.values():
-        if outcome.failure:
-            return outcome.name, *outcome.failure
-    return None
-
-
-def stop_message(results: list[StageResult]) -> str:
-    failed = next(r for r in results if r.status == "failed")
-    lines = [f"Rollout STOPPED at stage {failed.stage.name}:"]
-    for outcome in failed.hosts.values():
-        if outcome.failure:
-            check, detail = outcome.failure
-            lines.append(f"  {outcome.name} failed {check}: {detail}")
-    if failed.rolled_back:
-        lines.append(f"  Rolled back to their previous release: {', '.join(failed.rolled_back)}.")
-    untouched = [r.stage.name for r in results if r.status == "not started"]
-    lines.append(f"  Not started (untouched): {', '.join(untouched)}." if untouched else "  It was the last stage.")
-    return "\n".join(lines)
 
 
 # --- summary ------------------------------------------------------------------------------------
@@ -578,13 +539,19 @@ def render_summary(results: list[StageResult], dry: bool, total_seconds: float, 
         lines.append(f"Dry run {'complete' if planned else 'FAILED for some stage'} in {_seconds(total_seconds)}.")
     elif any(r.status == "failed" for r in results):
         failed = next(r for r in results if r.status == "failed")
-        name, check, _ = first_failure(failed)
+        hosts = ", ".join(f"{o.name} failed {o.failure[0]}" for o in failed.hosts.values() if o.failure)
         untouched = [r.stage.name for r in results if r.status == "not started"]
         rolled_back = f"; rolled back: {', '.join(failed.rolled_back)}" if failed.rolled_back else ""
-        lines.append(f"Rollout STOPPED at stage {failed.stage.name} ({name} failed {check}) after "
+        lines.append(f"Rollout STOPPED at stage {failed.stage.name} ({hosts}) after "
                      f"{_seconds(total_seconds)}; untouched: {', '.join(untouched) or 'none'}{rolled_back}.")
     else:
-        lines.append(f"Rollout complete in {_seconds(total_seconds)}: every stage passed its gate.")
+        tolerated = [f"{outcome.name} ({outcome.failure[0]})" for r in results for outcome in r.hosts.values()
+                     if outcome.failure]
+        if tolerated:
+            lines.append(f"Rollout complete in {_seconds(total_seconds)}, with {len(tolerated)} failed host(s) "
+                         f"tolerated by --fail-percent {fail_percent:g}: {', '.join(tolerated)}.")
+        else:
+            lines.append(f"Rollout complete in {_seconds(total_seconds)}: every stage passed its gate.")
     return "\n".join(lines)
 
 
@@ -605,6 +572,7 @@ def register(subparsers) -> None:
     parser.add_argument("--stages", type=_stage_list, default=list(DEFAULT_STAGES), metavar="GROUP,GROUP",
                         help="inventory groups in rollout order (default: canary,production)")
     parser.add_argument("--inventory", default="inventory.py", help="pyinfra inventory file (default: inventory.py)")
+    tools_inventory.add_arguments(parser, limit=False)  # the stages are the rollout's --limit
     parser.add_argument("--soak", type=float, default=60, metavar="SECONDS",
                         help="keep checking each stage's health at least this long (default 60)")
     parser.add_argument("--checks", type=int, default=3, metavar="N",
@@ -641,8 +609,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         check_arguments(args)
-        stages = plan_stages(inventory_groups(args.inventory), args.stages)
-        hosts_data = dict(load_inventory(args.inventory))
+        inventory = tools_inventory.load(args.inventory, args.data)
+        stages = plan_stages(inventory.groups, args.stages)
+        hosts_data = inventory.hosts
         # Every staged host's settings, checked before anything starts.
         settings = {name: build_settings(hosts_data[name], where=name) for stage in stages for name in stage.hosts}
     except (RolloutError, InventoryError, SettingsError) as exc:
@@ -650,7 +619,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     options = Options(args.inventory, gate_rounds(args.checks, args.soak, args.interval), args.interval,
-                      args.fail_percent, args.rollback)
+                      args.fail_percent, args.rollback, tuple(args.data))
     staged = {name for stage in stages for name in stage.hosts}
     echo(f"Rollout{' (dry run)' if args.dry else ''}: {len(stages)} stage(s) from {args.inventory}; "
          f"gate: {options.rounds} health check(s) per host {args.interval:g} s apart, then a webhook POST; "

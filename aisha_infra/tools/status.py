@@ -25,10 +25,12 @@ import urllib3
 
 from aisha_infra.checks import health
 from aisha_infra.deploy import paths
+from aisha_infra.deploy.inventory import InventoryError
+from aisha_infra.tools import inventory as tools_inventory
 from aisha_infra.deploy.settings import Settings, SettingsError, build_settings
 from aisha_infra.tools.diagnose.diagnosis import Target
 from aisha_infra.tools.diagnose.remote import Runner, last_line
-from aisha_infra.tools.diagnose.targets import load_inventory, target_for_host
+from aisha_infra.tools.diagnose.targets import target_for_host
 from aisha_infra.tools.ssh import SSHError, add_ssh_arguments
 from aisha_infra.checks.certificates import system_roots
 from aisha_infra.checks.findings import first_error
@@ -207,8 +209,8 @@ def _duration(seconds: float) -> str:
 
 
 def collect(inventory: str, args: argparse.Namespace) -> list[HostStatus]:
-    """Every host of the inventory, checked in parallel."""
-    hosts = load_inventory(inventory)
+    """Every host of the inventory (under --limit, every selected host), checked in parallel."""
+    hosts = tools_inventory.load(inventory, args.data, args.limit).selected_hosts()
     now = datetime.datetime.now(datetime.timezone.utc)
     work = []
     for name, data in hosts:
@@ -261,6 +263,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--inventory", metavar="FILE", default="inventory.py",
                         help="pyinfra inventory (default inventory.py: AISHA_HOSTS or the local lab)")
+    tools_inventory.add_arguments(parser)
     add_ssh_arguments(parser)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(run=run, address=None, domain=None, port=None)
@@ -270,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         statuses = collect(args.inventory, args)
-    except (SettingsError, SSHError) as exc:
+    except (SettingsError, SSHError, InventoryError) as exc:
         print(f"aisha-infra status: {exc}", file=sys.stderr)
         return 2
     if args.json:

@@ -119,23 +119,3 @@ def test_inventory_hosts_with_their_data(pki, tmp_path, monkeypatch, capsys):
     assert severities["tls.self_signed"] == "warn"
     # ...but SSH did not let us in, which is an error.
     assert severities["ssh"] == "error" and status == 1
-
-
-def test_inventory_data_is_merged_like_pyinfra(tmp_path):
-    (tmp_path / "group_data").mkdir()
-    (tmp_path / "group_data" / "all.py").write_text("aisha_domain = 'all.example'\nnginx_https_port = 1\n")
-    (tmp_path / "group_data" / "canary.py").write_text("import os\nnginx_https_port = 2\ntls_mode = 'letsencrypt'\n")
-    inventory = tmp_path / "inventory.py"
-    inventory.write_text(
-        "_private = ['ignored']\n"
-        "canary = [('c1', {'tls_mode': 'self-signed'}), 'c2']\n"
-        "production = (['p1'], {'nginx_https_port': 3})\n"
-    )
-
-    hosts = dict(targets.load_inventory(str(inventory)))
-
-    assert set(hosts) == {"c1", "c2", "p1"}
-    assert (hosts["c1"]["aisha_domain"], hosts["c1"]["nginx_https_port"], hosts["c1"]["tls_mode"]) == ("all.example", 2, "self-signed")
-    assert (hosts["c2"]["nginx_https_port"], hosts["c2"]["tls_mode"]) == (2, "letsencrypt")
-    assert hosts["p1"]["nginx_https_port"] == 3
-    assert "os" not in hosts["c2"]

@@ -1,10 +1,13 @@
-"""`aisha-infra rollout` without lab hosts: stage planning, reading pyinfra's output,
---fail-percent, the health gate (fake checks and clock, and real HTTPS on loopback),
-and whole rollouts driven through a stand-in for the pyinfra command."""
+"""`aisha-infra rollout` without lab hosts: stage planning, reading the per-host results
+of real pyinfra runs (on @local), --fail-percent, the health gate (fake checks and clock,
+and real HTTPS on loopback), and whole rollouts driven through a stand-in for the pyinfra
+command."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -13,6 +16,8 @@ import pytest
 
 from aisha_infra import cli
 from aisha_infra.tools import rollout
+from aisha_infra.tools.inventory import load as load_inventory
+from aisha_infra.tools.pyinfra_report import CONFIG_FILE, REPORT_ENV
 from aisha_infra.tools.rollout import GateTarget, HostOutcome, PyinfraRun, RolloutError, Stage
 from aisha_infra.deploy.settings import build_settings
 
@@ -37,8 +42,9 @@ def test_stages_are_inventory_groups_in_the_given_order(tmp_path):
         _private = ["not-a-group"]
         NOT_HOSTS = [1, 2]
     """))
-    groups = rollout.inventory_groups(inventory)
-    assert groups == {"canary": ["web-1"], "production": ["web-2", "web-3"], "staging": []}
+    groups = load_inventory(str(inventory)).groups  # as pyinfra loads it
+    assert {name: groups[name] for name in ("canary", "production")} == {"canary": ["web-1"], "production": ["web-2", "web-3"]}
+    assert groups["staging"] == [] and "_private" not in groups and "NOT_HOSTS" not in groups
 
     assert rollout.plan_stages(groups, ["canary", "production"]) == [
         Stage("canary", ("web-1",)),
@@ -77,131 +83,152 @@ def test_gate_rounds_cover_the_checks_and_the_soak(checks, soak, interval, round
 
 
 def test_each_stage_runs_the_command_a_person_would_run():
-    command = rollout.pyinfra_command("inventory.py", "canary", dry=False)
-    assert command == [rollout.PYINFRA, "-y", "inventory.py", "deploy.py", "--limit", "canary", "--json"]
-    assert rollout.shown_command(command) == "pyinfra -y inventory.py deploy.py --limit canary"
+    command = rollout.pyinfra_command("inventory.py", "canary", dry=False, data=["tls_mode=letsencrypt"])
+    assert command == [rollout.PYINFRA, "-y", "inventory.py", "deploy.py", "--limit", "canary",
+                       "--data", "tls_mode=letsencrypt", "--config", str(CONFIG_FILE)]
+    assert rollout.shown_command(command) == "pyinfra -y inventory.py deploy.py --limit canary --data tls_mode=letsencrypt"
     dry = rollout.pyinfra_command("inventory.py", "production", dry=True)
     assert "-y" not in dry and rollout.shown_command(dry) == "pyinfra --dry inventory.py deploy.py --limit production"
 
 
 # --- pyinfra's output ------------------------------------------------------------------------------
 
-# What pyinfra 3.10 printed on stderr when one host of a stage failed a command and
-# another could not be reached (note the padded prefix of the shorter name).
-FAILED_COMMAND_LOG = """\
---> Connecting to hosts...
-    [ghost]     Could not connect ([Errno None] Unable to connect to port 2222 on 198.18.5.2)
-    [web-2] Connected
---> Beginning operation run...
---> Starting operation: App | Render aisha-api.service
-    [web-2] Success
-    [web-3] No changes
---> Starting operation: Fail on purpose
-    [web-2] out
-    [web-2] oops-on-stderr
-    [web-2] Error: executed 0 commands
-    [web-3] No changes
-""".splitlines()
+# A deploy run by the real pyinfra on @local (harmless commands): per-host results come
+# from pyinfra's state (aisha_infra.tools.pyinfra_report), never from the text it prints.
+REAL_DEPLOY = """\
+import os
+from pyinfra import host
+from pyinfra.api import FunctionCommand, operation
+from pyinfra.operations import files, server
+from aisha_infra.deploy.operations.letsencrypt import fail_host
+
+@operation()
+def failing_check():
+    yield FunctionCommand(fail_host, ("HTTPS health check failed: answered HTTP 502: <html>\\r\\n<head><title>502 Bad "
+                                      "Gateway</title></head>\\r\\n<body><center><h1>502 Bad Gateway</h1></center></body></html>",), {})
+
+server.shell(name=f"Greet {host.name}", commands=["echo hello"])
+files.directory(name="Keep the project folder", path=os.getcwd())
+changed = server.shell(name="Change something", commands=["true"])
+server.shell(name="Reload if it changed", commands=["true"], _if=changed.did_change)
+if os.environ.get("FAIL") == "command":
+    server.shell(name="Fail on purpose", commands=["echo out; echo oops-on-stderr >&2; false"])
+if os.environ.get("FAIL") == "check":
+    failing_check(name="Verify | HTTPS health")
+server.shell(name="After the failure", commands=["true"])
+"""
 
 
-def results(operations, failed=()):
-    return {"plan": [], "results": {"operations": operations, "failed_hosts": list(failed)}}
+def run_real_pyinfra(folder: Path, *arguments: str, fail: str = "") -> PyinfraRun:
+    (folder / "deploy.py").write_text(REAL_DEPLOY)
+    pyinfra = Path(sys.executable).with_name("pyinfra")
+    environment = {**os.environ, "FAIL": fail}
+    os.environ, saved = environment, os.environ  # run_pyinfra hands its environment on
+    try:
+        cwd = os.getcwd()
+        os.chdir(folder)
+        return rollout.run_pyinfra([str(pyinfra), *arguments, "deploy.py", "--config", str(CONFIG_FILE)],
+                                   lambda line: None, timeout=120)
+    finally:
+        os.chdir(cwd)
+        os.environ = saved
 
 
-def op(name, success=(), no_change=(), error=()):
-    return {"name": name, "success": list(success), "no_change": list(no_change), "error": list(error)}
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("real-pyinfra")
+    return {
+        "ok": run_real_pyinfra(folder, "-y", "@local"),
+        "command": run_real_pyinfra(folder, "-y", "@local", fail="command"),
+        "check": run_real_pyinfra(folder, "-y", "@local", fail="check"),
+        "dry": run_real_pyinfra(folder, "--dry", "@local"),
+        "unreachable": run_real_pyinfra(folder, "-y", "127.0.0.1", "--data", "ssh_port=1",
+                                        "--data", "ssh_connect_retries=0"),
+    }
 
 
-def test_per_host_changes_come_from_pyinfras_results():
-    report = results([
-        op("Packages | Install", success=["web-2"], no_change=["web-3"]),
-        op("App | Render aisha-api.service", success=["web-2"], no_change=["web-3"]),
-        op("Verify | HTTPS health", no_change=["web-2", "web-3"]),
-        op("Other stage", success=["web-1"]),  # not a host of this stage
-    ])
-    outcomes = rollout.deploy_outcomes(PyinfraRun(0, report, []), ("web-2", "web-3"))
-    assert (outcomes["web-2"].changed, outcomes["web-2"].unchanged) == (2, 1)
-    assert (outcomes["web-3"].changed, outcomes["web-3"].unchanged) == (0, 3)
-    assert not any(o.failure for o in outcomes.values())
-    assert rollout._deploy_column(outcomes["web-2"], dry=False) == "changed (2 of 3 ops)"
-    assert rollout._deploy_column(outcomes["web-3"], dry=False) == "unchanged (3 ops)"
+def test_per_host_changes_come_from_pyinfras_results(real_runs):
+    run = real_runs["ok"]
+    assert run.returncode == 0
+    outcome = rollout.deploy_outcomes(run, ["@local"])["@local"]
+    # greet, change, reload (its _if held) and "after" changed; the existing folder did not
+    assert (outcome.changed, outcome.unchanged, outcome.failure) == (4, 1, None)
+    assert rollout._deploy_column(outcome, dry=False) == "changed (4 of 5 ops)"
 
 
-def test_failed_hosts_say_which_operation_failed_and_what_it_printed():
-    report = results(
-        [op("App | Render aisha-api.service", success=["web-2"], no_change=["web-3"]),
-         op("Fail on purpose", no_change=["web-3"], error=["web-2"])],
-        failed=["web-2", "ghost"],
-    )
-    outcomes = rollout.deploy_outcomes(PyinfraRun(1, report, FAILED_COMMAND_LOG), ("web-2", "web-3", "ghost"))
-    assert outcomes["web-2"].failure == (
-        "deploy", "Fail on purpose: out / oops-on-stderr / Error: executed 0 commands")
-    assert outcomes["ghost"].failure == (
-        "deploy", "Could not connect ([Errno None] Unable to connect to port 2222 on 198.18.5.2)")
-    assert outcomes["web-3"].failure is None and outcomes["web-3"].unchanged == 2
+def test_a_failed_command_names_the_hosts_own_operation_and_its_output(real_runs):
+    run = real_runs["command"]
+    outcome = rollout.deploy_outcomes(run, ["@local"])["@local"]
+    check, message = outcome.failure
+    assert run.returncode == 1 and check == "deploy"
+    assert message.startswith("Fail on purpose: ") and "oops-on-stderr" in message and "out" in message
+    assert rollout.why_stopped(run) == "No hosts remaining!"
 
 
-def test_a_pyinfra_run_that_stopped_without_results_fails_every_host_with_its_error():
-    log = [
-        "--> Starting operation: Verify | HTTPS health and webhook from the control machine (via 198.18.4.2)",
-        "Traceback (most recent call last):",
-        "pyinfra.api.exceptions.OperationError: HTTPS health check failed",
-        "--> Disconnecting from hosts...",
-        "--> Operation error in /work/aisha_infra/deploy/operations/verify.py line 84: HTTPS health check failed "
-        "for https://aibots.test:8443/health via 198.18.4.2: no HTTP answer within 10 s.",
-    ]
-    outcomes = rollout.deploy_outcomes(PyinfraRun(1, None, log), ("web-1",))
-    check, message = outcomes["web-1"].failure
-    assert check == "deploy"
-    assert message.startswith("pyinfra stopped: Operation error in ")
-    assert "HTTPS health check failed" in message and outcomes["web-1"].changed is None
-    assert rollout.pyinfra_error(PyinfraRun(3, None, ["--> Loading config..."])) == "pyinfra exited with status 3"
+def test_a_failed_check_says_why_once_with_html_reduced_to_its_status_line(real_runs):
+    outcome = rollout.deploy_outcomes(real_runs["check"], ["@local"])["@local"]
+    assert outcome.failure == ("deploy", "Verify | HTTPS health: HTTPS health check failed: answered HTTP 502: "
+                                         "[HTML page: 502 Bad Gateway]")
 
 
-def test_no_hosts_remaining_keeps_each_hosts_own_error():
-    log = [*FAILED_COMMAND_LOG[:3], *FAILED_COMMAND_LOG[7:11], "--> pyinfra error: No hosts remaining!"]
-    outcomes = rollout.deploy_outcomes(PyinfraRun(1, None, log), ("web-2", "ghost"))
-    assert outcomes["web-2"].failure[1] == "Fail on purpose: out / oops-on-stderr / Error: executed 0 commands"
-    assert outcomes["ghost"].failure[1].startswith("Could not connect")
+def test_a_host_that_cannot_be_reached_fails_with_the_connection_error(real_runs):
+    run = real_runs["unreachable"]
+    outcome = rollout.deploy_outcomes(run, ["127.0.0.1"])["127.0.0.1"]
+    assert run.returncode == 1 and outcome.failure[1].startswith("connection: Could not connect")
+    assert "port 1" in outcome.failure[1] and outcome.changed is None
 
 
-def test_the_report_is_the_json_line_on_stdout():
-    assert rollout.parse_report('noise\n{"plan": [], "results": null}\n') == {"plan": [], "results": None}
-    assert rollout.parse_report("") is None
-    assert rollout.parse_report("{not json\n") is None
+def test_a_pyinfra_run_that_ended_without_results_fails_every_host():
+    outcomes = rollout.deploy_outcomes(PyinfraRun(3, None), ("web-1",))
+    assert outcomes["web-1"].failure == ("deploy", "pyinfra stopped: pyinfra exited with status 3 (its output above says why)")
+    stopped = PyinfraRun(1, {"error": "unsupported system; nothing was changed on any host.", "hosts": {}})
+    assert rollout.deploy_outcomes(stopped, ("web-1",))["web-1"].failure[1] == \
+        "pyinfra stopped: unsupported system; nothing was changed on any host."
+    assert rollout.why_stopped(PyinfraRun(-9, None, timed_out=0.5)) == "stopped after 0.5 s without finishing"
 
 
-def test_dry_run_lists_what_would_change_per_host():
-    plan = [
-        {"name": "Packages | Install", "hosts_with_change": ["web-2"], "hosts_with_conditional_change": []},
-        {"name": "App | Restart", "hosts_with_change": [], "hosts_with_conditional_change": ["web-2", "web-3"]},
-    ]
-    outcomes = rollout.dry_outcomes(PyinfraRun(0, {"plan": plan, "results": None}, []), ("web-2", "web-3"))
-    assert outcomes["web-2"].would_change == ["Packages | Install"]
-    assert outcomes["web-2"].may_change == ["App | Restart"]
-    assert outcomes["web-3"].would_change == [] and rollout._deploy_column(outcomes["web-3"], dry=True) == "no changes"
+def test_dry_run_lists_what_would_change_per_host(real_runs):
+    run = real_runs["dry"]
+    outcome = rollout.dry_outcomes(run, ["@local"])["@local"]
+    assert run.returncode == 0 and outcome.failure is None
+    assert outcome.would_change == ["Greet @local", "Change something", "After the failure"]
+    assert outcome.may_change == ["Reload if it changed"]
 
-    failed = rollout.dry_outcomes(PyinfraRun(1, None, ["--> pyinfra error: web-3: invalid configuration"]), ("web-3",))
-    assert failed["web-3"].failure == ("plan", "pyinfra stopped: pyinfra error: web-3: invalid configuration")
+    failed = rollout.dry_outcomes(PyinfraRun(1, {"error": "web-3: invalid configuration", "hosts": {}}), ("web-3",))
+    assert failed["web-3"].failure == ("plan", "pyinfra stopped: web-3: invalid configuration")
 
 
-def test_pyinfra_progress_is_echoed_while_it_runs_and_stdout_is_the_report(tmp_path):
+def test_pyinfra_progress_is_echoed_while_it_runs(tmp_path):
     script = tmp_path / "fake.py"
-    script.write_text(textwrap.dedent("""
-        import sys, time
+    script.write_text(textwrap.dedent(f"""
+        import json, os, sys
         print("--> Starting operation: One", file=sys.stderr, flush=True)
-        print("    [web-1] \\033[32mSuccess\\033[0m", file=sys.stderr, flush=True)
-        print('{"plan": [], "results": {"operations": [], "failed_hosts": []}}')
+        print("    [web-1] \\033[32mSuccess\\033[0m", flush=True)
+        open(os.environ["{REPORT_ENV}"], "w").write(json.dumps({{"error": None, "hosts": {{}}}}))
     """))
     seen = []
     run = rollout.run_pyinfra([sys.executable, str(script)], seen.append)
-    assert run.returncode == 0 and run.report["results"]["failed_hosts"] == []
+    assert run.returncode == 0 and run.report == {"error": None, "hosts": {}}
     assert seen == ["  --> Starting operation: One", "      [web-1] Success"]
 
 
 def test_a_stuck_pyinfra_is_stopped(tmp_path):
     run = rollout.run_pyinfra([sys.executable, "-c", "import time; time.sleep(30)"], lambda line: None, timeout=0.5)
-    assert run.returncode != 0 and "stopped after 0.5 s" in rollout.pyinfra_error(run)
+    assert run.returncode != 0 and rollout.why_stopped(run) == "stopped after 0.5 s without finishing"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ('answered HTTP 502: <html>\\r\\n<head><title>502 Bad Gateway</title></head>\\r\\n<body>...</body></html>',
+         "answered HTTP 502: [HTML page: 502 Bad Gateway]"),
+        ("answered HTTP 404: <!DOCTYPE html><p>nothing</p>", "answered HTTP 404: [HTML page]"),
+        ("line one\n  line two", "line one line two"),
+        ("x" * 500, "x" * (rollout.BRIEF_CHARACTERS - 3) + "..."),
+    ],
+)
+def test_failures_are_brief(text, shown):
+    assert rollout.brief(text) == shown
 
 
 # --- the gate ----------------------------------------------------------------------------------------
@@ -262,7 +289,7 @@ def test_a_failed_check_fails_the_host_and_stops_a_gate_without_tolerance():
     assert outcomes["a"].health_passes == 1
     assert health_check.calls.count("b") == 2  # stopped after the round that failed
     assert webhook.calls == [] and not outcomes["b"].webhook_ok
-    assert "  a: health check 2 FAILED: a answered HTTP 502" in lines
+    assert "  a: health check 2 FAILED (why: in the summary)" in lines  # the summary says why, once
     assert "gate stopped: more hosts failed than the stage tolerates" in "\n".join(lines)
 
 
@@ -350,28 +377,30 @@ def test_gate_checks_real_https_on_loopback(tmp_path, pki):
 
 FAKE_PYINFRA = """\
 #!{python}
-# Stands in for pyinfra: logs its arguments, prints progress and a --json report.
+# Stands in for pyinfra: logs its arguments, prints progress and writes per-host results
+# as pyinfra_report does (checked against the real pyinfra above).
 import json, os, sys
 args = sys.argv[1:]
 stage = args[args.index("--limit") + 1]
 with open(os.environ["FAKE_PYINFRA_LOG"], "a") as log:
-    log.write(" ".join(args) + "\\n")
+    log.write(" ".join(args[:args.index("--config")]) + "\\n")
 hosts = json.loads(os.environ["FAKE_PYINFRA_HOSTS"])[stage]  # host -> changed/unchanged/error
 words = {{"changed": "Success", "unchanged": "No changes", "error": "Error: executed 0 commands"}}
 print("--> Starting operation: App | Render aisha-api.service", file=sys.stderr)
 for host, what in hosts.items():
     print(f"    [{{host}}] {{words[what]}}", file=sys.stderr)
-if "--dry" in args:
-    plan = [{{"name": "App | Render aisha-api.service", "hosts_with_conditional_change": [],
-              "hosts_with_change": [h for h, w in hosts.items() if w == "changed"]}}]
-    print(json.dumps({{"plan": plan, "results": None}}))
-    sys.exit(0)
-failed = [h for h, w in hosts.items() if w == "error"]
-operation = {{"name": "App | Render aisha-api.service", "error": failed,
-              "success": [h for h, w in hosts.items() if w == "changed"],
-              "no_change": [h for h, w in hosts.items() if w == "unchanged"]}}
-print(json.dumps({{"plan": [], "results": {{"operations": [operation], "failed_hosts": failed}}}}))
-sys.exit(1 if failed else 0)
+dry = "--dry" in args
+statuses = {{"changed": "changed", "unchanged": "no change", "error": "error"}}
+report = {{"error": None, "hosts": {{host: {{
+    "failed": what == "error" and not dry, "connect_error": None,
+    "operations": [{{"name": f"App | Render aisha-api.service for {{host}}",
+                    "status": "not run" if dry else statuses[what],
+                    "change": ("yes" if what == "changed" else "no") if dry else None,
+                    "error": "Error: executed 0 commands" if what == "error" and not dry else None}}]}}
+    for host, what in hosts.items()}}}}
+with open(os.environ["{report_env}"], "w") as out:
+    json.dump(report, out)
+sys.exit(1 if "error" in hosts.values() and not dry else 0)
 """
 
 
@@ -383,7 +412,7 @@ class Project:
         self.log = path / "pyinfra.log"
         self.servers: dict[str, LocalTLSServer] = {}
         fake = path / "pyinfra"
-        fake.write_text(FAKE_PYINFRA.format(python=sys.executable))
+        fake.write_text(FAKE_PYINFRA.format(python=sys.executable, report_env=REPORT_ENV))
         fake.chmod(0o755)
         (path / "deploy.py").write_text("")
         monkeypatch.chdir(path)
@@ -427,8 +456,8 @@ def test_stages_run_in_order_and_the_summary_says_what_changed(project, monkeypa
     project.hosts(monkeypatch, {"canary": {"c-1": "changed"}, "production": {"p-1": "unchanged", "p-2": "changed"}})
     assert cli.main(["rollout", *FAST]) == 0
     assert project.runs() == [
-        "-y inventory.py deploy.py --limit canary --json",
-        "-y inventory.py deploy.py --limit production --json",
+        "-y inventory.py deploy.py --limit canary",
+        "-y inventory.py deploy.py --limit production",
     ]
     out = capsys.readouterr().out
     assert out.index("==> Stage 1/2: canary (c-1)") < out.index("[c-1] Success") < out.index("==> Stage 2/2: production")
@@ -445,11 +474,14 @@ def test_an_unhealthy_canary_stops_the_rollout_before_production(project, monkey
     project.hosts(monkeypatch, {"canary": {"c-1": "changed"}, "production": {"p-1": "changed"}})
     project.servers["c-1"].set_health(503, {"error": "starting"})
     assert cli.main(["rollout", *FAST]) == 1
-    assert project.runs() == ["-y inventory.py deploy.py --limit canary --json"]
+    assert project.runs() == ["-y inventory.py deploy.py --limit canary"]
     out = capsys.readouterr().out
-    assert "Rollout STOPPED at stage canary:\n  c-1 failed https-health: GET https://aibots.test:" in out
-    assert "Not started (untouched): production." in out
+    assert out.count("GET https://aibots.test:") == 1  # the failure, once: in the summary
+    assert "c-1: health check 1 FAILED (why: in the summary)" in out
+    assert "    https-health: GET https://aibots.test:" in out
     assert "p-1  not started" in out
+    assert out.rstrip().splitlines()[-1].startswith("Rollout STOPPED at stage canary (c-1 failed https-health) after ")
+    assert out.rstrip().endswith("; untouched: production.")
     assert project.servers["p-1"].posted == []
 
 
@@ -457,8 +489,9 @@ def test_a_failed_deploy_stops_the_rollout_and_names_the_host(project, monkeypat
     project.hosts(monkeypatch, {"canary": {"c-1": "error"}, "production": {"p-1": "changed"}})
     assert cli.main(["rollout", *FAST]) == 1
     out = capsys.readouterr().out
-    assert "c-1 failed deploy: App | Render aisha-api.service: Error: executed 0 commands" in out
-    assert project.runs() == ["-y inventory.py deploy.py --limit canary --json"]
+    assert out.count("Error: executed 0 commands") == 2  # pyinfra's own line, then the summary's, once
+    assert "deploy: App | Render aisha-api.service for c-1: Error: executed 0 commands" in out
+    assert project.runs() == ["-y inventory.py deploy.py --limit canary"]
     assert project.servers["c-1"].posted == []  # no gate for a host whose deploy failed
 
 
@@ -472,25 +505,30 @@ def test_fail_percent_lets_a_large_stage_go_on(project, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "production: passed with 2 failed host(s) tolerated (--fail-percent 50)" in out
     assert len(project.runs()) == 3
+    last = out.rstrip().splitlines()[-1]
+    assert "every stage passed its gate" not in out
+    assert last.endswith("with 2 failed host(s) tolerated by --fail-percent 50: p-3 (https-health), p-4 (deploy).")
 
     capsys.readouterr()
     project.log.unlink()
     assert cli.main(["rollout", "--stages", "canary,production,late", *FAST, "--fail-percent", "25"]) == 1
     out = capsys.readouterr().out
-    assert "p-4 failed deploy" in out and "Not started (untouched): late." in out
-    assert [r.split("--limit ")[1] for r in project.runs()] == ["canary --json", "production --json"]
+    assert out.rstrip().splitlines()[-1].startswith("Rollout STOPPED at stage production (p-3 failed https-health, p-4 failed deploy)")
+    assert out.rstrip().endswith("untouched: late.")
+    assert [r.split("--limit ")[1] for r in project.runs()] == ["canary", "production"]
 
 
 def test_dry_run_plans_every_stage_and_changes_nothing(project, monkeypatch, capsys):
     project.hosts(monkeypatch, {"canary": {"c-1": "changed"}, "production": {"p-1": "unchanged"}})
     assert cli.main(["rollout", "--dry"]) == 0
     assert project.runs() == [
-        "--dry inventory.py deploy.py --limit canary --json",
-        "--dry inventory.py deploy.py --limit production --json",
+        "--dry inventory.py deploy.py --limit canary",
+        "--dry inventory.py deploy.py --limit production",
     ]
     out = capsys.readouterr().out
     assert "Summary (dry run: nothing was changed)" in out
-    assert "c-1  would change 1 op(s)" in out and "~ App | Render aisha-api.service" in out
+    assert "c-1  would change 1 op(s)" in out and "~ App | Render aisha-api.service for c-1" in out
+    assert "for p-1" not in out  # each host's plan names its own operations
     assert "p-1  no changes" in out
     assert all(server.posted == [] for server in project.servers.values())
 
@@ -498,7 +536,7 @@ def test_dry_run_plans_every_stage_and_changes_nothing(project, monkeypatch, cap
 def test_stage_with_no_hosts_is_skipped(project, monkeypatch, capsys):
     project.hosts(monkeypatch, {"canary": {}, "production": {"p-1": "unchanged"}})
     assert cli.main(["rollout", *FAST]) == 0
-    assert project.runs() == ["-y inventory.py deploy.py --limit production --json"]
+    assert project.runs() == ["-y inventory.py deploy.py --limit production"]
     assert "canary: no hosts, skipped" in capsys.readouterr().out
 
 
@@ -542,11 +580,18 @@ def test_durations_read_naturally(seconds, shown):
 # --- automatic rollback of a failed stage ----------------------------------------------------
 
 def test_hosts_switched_to_a_new_release_come_from_pyinfras_results():
-    report = results([op("App | Serve release 0123456789ab (back to the old one if it does not start)",
-                         success=["web-1"], no_change=["web-2"]),
-                      op("Nginx | Render the webhook site", success=["web-3"])])
-    assert rollout.switched_release(PyinfraRun(0, report, [])) == {"web-1"}
-    assert rollout.switched_release(PyinfraRun(1, None, [])) == set()
+    def host(*operations):
+        return {"failed": False, "connect_error": None,
+                "operations": [{"name": name, "status": status, "change": None, "error": None} for name, status in operations]}
+
+    release = "App | Serve release 0123456789ab (back to the old one if it does not start)"
+    report = {"error": None, "hosts": {
+        "web-1": host((release, "changed")),
+        "web-2": host((release, "no change")),
+        "web-3": host(("Nginx | Render the webhook site", "changed")),
+    }}
+    assert rollout.switched_release(PyinfraRun(0, report)) == {"web-1"}
+    assert rollout.switched_release(PyinfraRun(1, None)) == set()
 
 
 def failed_stage(new_release: bool) -> rollout.StageResult:
@@ -557,12 +602,11 @@ def failed_stage(new_release: bool) -> rollout.StageResult:
 
 def test_a_failed_host_on_a_new_release_is_rolled_back_and_the_summary_says_so(monkeypatch):
     calls = []
-    monkeypatch.setattr("aisha_infra.tools.rollback.roll_back", lambda inventory, hosts, echo: calls.append(hosts) or True)
+    monkeypatch.setattr("aisha_infra.tools.rollback.roll_back", lambda inventory, hosts, echo, data: calls.append(hosts) or True)
     result = failed_stage(new_release=True)
     later = rollout.StageResult(Stage("production", ("web-2",)))
     rollout.roll_back_stage(result, rollout.Options("inventory.py", 1, 1, 0), print)
     assert calls == [["web-1"]] and result.rolled_back == ["web-1"]
-    assert "Rolled back to their previous release: web-1." in rollout.stop_message([result, later])
     summary = rollout.render_summary([result, later], dry=False, total_seconds=1)
     assert "untouched: production; rolled back: web-1." in summary
 
@@ -578,7 +622,8 @@ def test_a_host_whose_new_release_never_served_is_not_rolled_back_twice(monkeypa
 def test_rollback_runs_pyinfra_with_the_rollback_deploy_per_limit():
     from aisha_infra.tools.rollback import rollback_command
 
-    command = rollback_command("inventory.py", ["canary", "web-9"])
-    assert command[1:] == ["-y", "inventory.py", "rollback.py", "--json", "--limit", "canary", "--limit", "web-9"]
+    command = rollback_command("inventory.py", ["canary", "web-9"], ["aisha_base_dir=/srv/aisha"])
+    assert command[1:] == ["-y", "inventory.py", "rollback.py", "--data", "aisha_base_dir=/srv/aisha",
+                           "--limit", "canary", "--limit", "web-9", "--config", str(CONFIG_FILE)]
     assert cli.build_parser().parse_args(["rollout", "--no-rollback"]).rollback is False
     assert cli.build_parser().parse_args(["rollout"]).rollback is True

@@ -209,9 +209,15 @@ def issued_as_asked(names: list[str], on_failure: str = "fail"):
     host.noop("serving the Let's Encrypt certificate" if not reason else "degraded, accepted by letsencrypt_on_failure='degrade'")
 
 
+# Why a check failed a host, by (host name, operation hash): pyinfra keeps no message of a
+# failed FunctionCommand, and the tools read the run's results (aisha_infra.tools.pyinfra_report).
+CHECK_FAILURES: dict[tuple[str, str], str] = {}
+
+
 def fail_host(state, host, message: str) -> bool:
     """Fails this host only (an exception would abort the whole run); pyinfra passes state and host."""
     logger.error(f"{host.print_prefix}{message}")
+    CHECK_FAILURES.setdefault((host.name, host.nested_executing_op_hash or host.executing_op_hash), message)
     return False
 
 

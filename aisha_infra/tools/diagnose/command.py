@@ -18,6 +18,8 @@ import os
 import shutil
 import sys
 
+from aisha_infra.deploy.inventory import InventoryError
+from aisha_infra.tools import inventory as tools_inventory
 from aisha_infra.tools.diagnose.diagnosis import DEFAULT_PORT, diagnose
 from aisha_infra.tools.diagnose.output import render_json, render_text
 from aisha_infra.tools.diagnose.targets import targets_from_args
@@ -33,6 +35,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("url", nargs="?", metavar="URL", help="e.g. https://aibots.example:8443")
     parser.add_argument("--inventory", metavar="FILE", help="diagnose every host of this pyinfra inventory")
+    tools_inventory.add_arguments(parser)  # --data, --limit: with --inventory, as pyinfra's
     parser.add_argument("--address", help="connect to this address instead of resolving the domain")
     parser.add_argument("--domain", help="the name for SNI, Host and the certificate (default: from URL)")
     parser.add_argument("--port", type=int, help=f"HTTPS port (default: from URL, else {DEFAULT_PORT})")
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         targets = targets_from_args(args)
-    except SSHError as exc:  # connection data that cannot work, e.g. an unknown host key policy
+    except (SSHError, InventoryError) as exc:  # e.g. an unknown host key policy, an inventory pyinfra cannot load
         print(f"aisha-infra diagnose: {exc}", file=sys.stderr)
         return 2
     reports = [diagnose(t, ca_bundle=args.ca_bundle, key_file=args.key) for t in targets]

@@ -4,14 +4,12 @@ inventory with its data (domain, port, tls_mode, how to reach it over SSH)."""
 from __future__ import annotations
 
 import argparse
-import runpy
-import types
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from aisha_infra.tools.diagnose.diagnosis import DEFAULT_PORT, Target
 from aisha_infra.tools.diagnose.dns_and_ports import preferred_address, resolve_or_nothing
 from aisha_infra.tools.diagnose.remote import ssh_runner
+from aisha_infra.tools import inventory as tools_inventory
 from aisha_infra.tools.ssh import SSHHost, ssh_flags_given, ssh_overrides
 
 
@@ -32,8 +30,10 @@ def targets_from_args(args: argparse.Namespace) -> list[Target]:
 
 
 def targets_from_inventory(path: str, args: argparse.Namespace) -> list[Target]:
-    """One target per host of a pyinfra inventory file, with its group data."""
-    return [target_for_host(name, data, args) for name, data in load_inventory(path)]
+    """One target per host of a pyinfra inventory file (under --limit, per selected host),
+    with its data as pyinfra merges it (group data, --data)."""
+    hosts = tools_inventory.load(path, args.data, args.limit).selected_hosts()
+    return [target_for_host(name, data, args) for name, data in hosts]
 
 
 def target_for_host(name: str, data: dict, args: argparse.Namespace) -> Target:
@@ -52,40 +52,4 @@ def target_for_host(name: str, data: dict, args: argparse.Namespace) -> Target:
         ssh_port=ssh_port,
         http_port=int(data.get("nginx_http_port") or Settings.nginx_http_port),
         ca_bundle=data.get("verify_ca_bundle"),
-    )
-
-
-def load_inventory(path: str) -> list[tuple[str, dict]]:
-    """(host name, data) for each host of a pyinfra inventory file, data merged the
-    way pyinfra merges it: group_data/all.py, then group_data/<group>.py and the
-    group's own data, then the host's. (pyinfra_cli's loader is not used: importing
-    pyinfra_cli monkey-patches the whole process with gevent.)"""
-    inventory = Path(path).resolve()
-    groups = {
-        name: value if isinstance(value, tuple) else (value, {})
-        for name, value in runpy.run_path(str(inventory)).items()
-        if not name.startswith("_") and _is_host_group(value)
-    }
-    group_data: dict[str, dict] = {}
-    for folder in dict.fromkeys([Path.cwd() / "group_data", inventory.parent / "group_data"]):
-        for file in sorted(folder.glob("*.py")):
-            values = runpy.run_path(str(file))
-            group_data.setdefault(file.stem, {}).update(
-                {k: v for k, v in values.items() if not k.startswith("_") and not callable(v) and not isinstance(v, types.ModuleType)}
-            )
-    hosts: dict[str, dict] = {}
-    for group, (members, data_of_group) in groups.items():
-        for member in members:
-            name, own = member if isinstance(member, tuple) else (member, {})
-            data = hosts.setdefault(name, dict(group_data.get("all", {})))
-            data.update(group_data.get(group, {}), **data_of_group)
-            data.update(own)
-    return list(hosts.items())
-
-
-def _is_host_group(value) -> bool:
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict):
-        value = value[0]
-    return isinstance(value, list) and all(
-        isinstance(h, str) or (isinstance(h, tuple) and len(h) == 2 and isinstance(h[0], str)) for h in value
     )
