@@ -30,7 +30,6 @@ from pyinfra.api.state import BaseStateCallback
 
 REPORT_ENV = "AISHA_PYINFRA_REPORT"
 CONFIG_FILE = Path(__file__).with_name("pyinfra_config.py")
-OUTPUT_LINES = 3  # of a failed command's output, in its error
 
 
 class _Recorder(BaseStateCallback):
@@ -99,6 +98,14 @@ def _host_operation_name(state, host, op_hash: str, op_data) -> str:
     return names[0] if names else op_hash
 
 
+def _output_gist(output) -> str:
+    """A failed command's complaint: its stderr (else its output), first and last lines."""
+    if output is None:
+        return ""
+    lines = [line.strip() for line in output.stderr_lines or output.output_lines if line.strip()]
+    return " / ".join(lines if len(lines) <= 3 else [lines[0], "...", *lines[-2:]])
+
+
 def _operation(state, host, op_hash: str, check_failures: dict) -> dict:
     op_data = state.ops[host][op_hash]
     meta = op_data.operation_meta
@@ -115,9 +122,7 @@ def _operation(state, host, op_hash: str, check_failures: dict) -> dict:
             entry["status"] = "changed" if meta.did_change() else "no change"
         else:
             entry["status"] = "error"
-            output = [line.strip() for line in meta._combined_output.output_lines if line.strip()] \
-                if meta._combined_output else []
-            entry["error"] = check_failures.get((host.name, op_hash)) or " / ".join(output[-OUTPUT_LINES:]) or \
+            entry["error"] = check_failures.get((host.name, op_hash)) or _output_gist(meta._combined_output) or \
                 f"failed after {len(meta._commands or [])} command(s) (see pyinfra's output)"
     return entry
 

@@ -1,8 +1,9 @@
 """`aisha-infra rollout` on three fresh lab hosts, one canary and two production,
-shared by the tests of this file in order: a dry run changes nothing; a rollout
-converges the canary, gates it, then production; a second rollout changes nothing;
-a canary that breaks (its deploy, or only its gate) stops the rollout and leaves the
-production hosts exactly as they were."""
+shared by the tests of this file in order: a dry run changes nothing and shows each
+host its own plan; a rollout converges the canary, gates it, then production; a second
+rollout changes nothing; `--limit canary` deploys while a production entry is broken; a
+canary that breaks (its deploy, or only its gate) stops the rollout and leaves the
+production hosts exactly as they were; a tolerated failure is named at the end."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from aisha_infra.lab.hosts import LabHost
 from aisha_infra.deploy.rendering import NGINX_SITE_PATH, SERVICE_UNIT_PATH, SOCKET_UNIT_PATH
 from tests.project import PROJECT_ROOT
 from tests.e2e.conftest import DOMAIN
-from tests.e2e.deploylib import write_hosts_file
+from tests.e2e.deploylib import run_deploy, write_hosts_file
 
 pytestmark = pytest.mark.e2e
 AISHA_INFRA = str(Path(sys.executable).with_name("aisha-infra"))
@@ -53,12 +54,14 @@ class Fleet:
     def hosts(self) -> list[LabHost]:
         return [self.canary, *self.production]
 
-    def hosts_file(self, canary_data: dict | None = None) -> Path:
+    def hosts_file(self, canary_data: dict | None = None, each: dict[str, dict] | None = None) -> Path:
         """An AISHA_HOSTS file: first host canary, the others production; `canary_data`
-        adds settings to the canary only."""
+        adds settings to the canary only, `each` to the host it names."""
         path = write_hosts_file(self.work / "hosts.json", self.hosts)
         entries = json.loads(path.read_text())
         entries[0]["data"].update(canary_data or {})
+        for entry in entries:
+            entry["data"].update((each or {}).get(entry["name"], {}))
         path.write_text(json.dumps(entries, indent=2))
         return path
 
@@ -108,16 +111,30 @@ def fleet(lab, tmp_path_factory):
                 lab.destroy_host(host.name)
 
 
-def test_dry_run_shows_stages_and_changes_nothing(fleet):
-    run = run_rollout(fleet.hosts_file(), "--dry", *GATE)
+def host_block(summary: str, host: LabHost) -> str:
+    """The summary's lines about one host: its line and the indented ones under it."""
+    lines = summary.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {host.name} "))
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith("      ")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def test_dry_run_shows_each_host_its_own_plan_and_changes_nothing(fleet):
+    domains = {host.name: f"{host.name}.aibots.test" for host in fleet.hosts}
+    hosts_file = fleet.hosts_file(each={name: {"aisha_domain": domain} for name, domain in domains.items()})
+    run = run_rollout(hosts_file, "--dry", *GATE, "--data", "tls_selfsigned_days=400")
     assert run.returncode == 0, run.output[-4000:]
     assert f"1. canary: {fleet.canary.name}\n" in run.output
     assert f"2. production: {fleet.production[0].name}, {fleet.production[1].name}\n" in run.output
-    assert "plan: pyinfra --dry inventory.py deploy.py --limit canary" in run.output
+    assert "plan: pyinfra --dry inventory.py deploy.py --limit canary --data tls_selfsigned_days=400" in run.output
     summary = run.summary()
     for host in fleet.hosts:
-        assert f"{host.name}  would change " in summary
-    assert "~ Nginx | Render the webhook site" in summary
+        block = host_block(summary, host)
+        assert f"{host.name}  would change " in block
+        assert "~ Nginx | Render the webhook site" in block
+        # pyinfra merges an operation's names over hosts; each host's plan has its own only
+        assert f"~ TLS | Self-signed certificate for {domains[host.name]}" in block, block
+        assert not [domain for name, domain in domains.items() if name != host.name and domain in block], block
     for host in fleet.hosts:
         assert host.run(f"test -e {NGINX_SITE_PATH} || test -e {SERVICE_UNIT_PATH}", check=False).returncode == 1
         assert host.run("dpkg -s nginx", check=False).returncode != 0
@@ -148,16 +165,40 @@ def test_second_rollout_changes_nothing(fleet):
         assert " unchanged (" in line and "gate passed" in line, line
 
 
+def test_limit_canary_deploys_while_a_production_entry_is_broken(fleet):
+    """Validation covers the hosts being deployed: a production entry with a bad setting
+    (at an address nothing uses, never contacted) does not block `--limit canary`."""
+    path = write_hosts_file(fleet.work / "broken-production.json", [fleet.canary])
+    entries = json.loads(path.read_text())
+    entries.append({"name": "broken-production", "address": "198.18.255.254", "groups": ["production"],
+                    "data": {"nginx_https_port": "not-a-port"}})
+    path.write_text(json.dumps(entries, indent=2))
+
+    limited = run_deploy(path, "--limit", "canary")
+    assert limited.returncode == 0, limited.output[-4000:]
+    assert limited.totals["changed"] == 0  # converged by the rollouts above
+    assert "broken-production" not in limited.output
+
+    everything = run_deploy(path)
+    assert everything.returncode != 0
+    assert "broken-production" in everything.output and "nginx_https_port" in everything.output
+    assert "--> Connecting to hosts" not in everything.output  # stopped before any connection
+
+
 def test_canary_whose_deploy_fails_stops_before_production(fleet):
     before = [snapshot(host) for host in fleet.production]
     release = fleet.canary.run(CURRENT_RELEASE).stdout
     run = run_rollout(fleet.hosts_file(BROKEN_APP), *GATE)
     assert run.returncode == 1, run.output[-6000:]
     # The new release did not start: the deploy put the old one back and says why.
-    assert f"Rollout STOPPED at stage canary:\n  {fleet.canary.name} failed deploy: " in run.output
-    assert "aisha-api did not start on release" in run.output and "/nonexistent" in run.output
+    last = run.output.rstrip().splitlines()[-1]
+    assert last.startswith(f"Rollout STOPPED at stage canary ({fleet.canary.name} failed deploy) after "), last
+    assert last.endswith("; untouched: production."), last
+    # why, once and brief: the host's own failed operation and what it said
+    [why] = [line for line in run.summary().splitlines() if line.strip().startswith("deploy: ")]
+    assert "deploy: App | Serve release " in why and "/nonexistent" in why and len(why.strip()) <= 260, why
+    assert "aisha-api did not start on release" in run.output  # pyinfra's own output, streamed
     assert "nothing to roll back" in run.output
-    assert "Not started (untouched): production." in run.output
     assert "==> Stage 2/2" not in run.output
     for host in fleet.production:
         assert f"  {host.name}  not started" in run.summary()
@@ -172,12 +213,13 @@ def test_canary_that_fails_only_the_gate_is_rolled_back_before_production(fleet)
     # Without the deploy's own verification, pyinfra succeeds: only the gate can stop it.
     run = run_rollout(fleet.hosts_file(REFUSING_APP), *GATE)
     assert run.returncode == 1, run.output[-6000:]
-    assert f"Rollout STOPPED at stage canary:\n  {fleet.canary.name} failed webhook-post: " in run.output
-    assert f"Rolled back to their previous release: {fleet.canary.name}." in run.output
-    assert "Not started (untouched): production." in run.output
+    last = run.output.rstrip().splitlines()[-1]
+    assert last.startswith(f"Rollout STOPPED at stage canary ({fleet.canary.name} failed webhook-post) after "), last
+    assert last.endswith(f"; untouched: production; rolled back: {fleet.canary.name}."), last
+    [why] = [line for line in run.summary().splitlines() if line.strip().startswith("webhook-post: ")]
+    assert "413" in why and "<html" not in why.lower() and "\\r\\n" not in why, why
     line = next(line for line in run.summary().splitlines() if line.startswith(f"  {fleet.canary.name} "))
     assert "gate FAILED: webhook-post" in line and "deploy FAILED" not in line
-    assert f"rolled back: {fleet.canary.name}." in run.summary()
     assert fleet.canary.run(CURRENT_RELEASE).stdout == release
     assert serves_health(fleet.canary, fleet.work)
     assert [snapshot(host) for host in fleet.production] == before
@@ -199,5 +241,8 @@ def test_fail_percent_tolerates_a_broken_production_host(fleet):
     healthy_line = next(line for line in summary.splitlines() if line.startswith(f"  {healthy.name} "))
     assert "FAILED" in broken_line, broken_line
     assert "gate passed" in healthy_line, healthy_line
+    last = run.output.rstrip().splitlines()[-1]
+    assert "every stage passed its gate" not in run.output
+    assert last.endswith(f"with 1 failed host(s) tolerated by --fail-percent 50: {broken.name} (deploy)."), last
     # and the broken host's new release never replaced its working one
     assert all(serves_health(host, fleet.work) for host in fleet.hosts)
