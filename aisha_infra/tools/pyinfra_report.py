@@ -9,7 +9,7 @@ of the run (its --limit):
     {"error": why pyinfra stopped the whole run, or null,
      "hosts": {name: {"failed": bool, "connect_error": str | null,
                       "operations": [{"name": the host's own name of the operation,
-                                      "status": "changed" | "no change" | "error" | "not run",
+                                      "status": "changed" | "no change" | "error" | "ignored error" | "not run",
                                       "change": "yes" | "if" | "no" | null,  # planned (without -y)
                                       "error": why it failed, or null}]}}}
 
@@ -98,11 +98,9 @@ def _host_operation_name(state, host, op_hash: str, op_data) -> str:
     return names[0] if names else op_hash
 
 
-def _output_gist(output) -> str:
-    """A failed command's complaint: its stderr (else its output), first and last lines."""
-    if output is None:
-        return ""
-    lines = [line.strip() for line in output.stderr_lines or output.output_lines if line.strip()]
+def _output_gist(meta) -> str:
+    """A failed command's complaint: its stderr (else its stdout), first and last lines."""
+    lines = [line.strip() for line in meta.stderr_lines or meta.stdout_lines if line.strip()]
     return " / ".join(lines if len(lines) <= 3 else [lines[0], "...", *lines[-2:]])
 
 
@@ -120,10 +118,10 @@ def _operation(state, host, op_hash: str, check_failures: dict) -> dict:
     if meta.is_complete():
         if meta.did_succeed():
             entry["status"] = "changed" if meta.did_change() else "no change"
-        else:
-            entry["status"] = "error"
-            entry["error"] = check_failures.get((host.name, op_hash)) or _output_gist(meta._combined_output) or \
-                f"failed after {len(meta._commands or [])} command(s) (see pyinfra's output)"
+        else:  # an error the operation ignores (_ignore_errors) does not fail the host
+            entry["status"] = "ignored error" if op_data.global_arguments.get("_ignore_errors") else "error"
+            entry["error"] = check_failures.get((host.name, op_hash)) or _output_gist(meta) or \
+                "failed (pyinfra's output says how)"
     return entry
 
 
