@@ -19,7 +19,7 @@ import pytest
 
 from aisha_infra.checks import health
 from aisha_infra.lab.hosts import LabHost
-from aisha_infra.deploy.rendering import NGINX_SITE_PATH, SERVICE_UNIT_PATH, SOCKET_UNIT_PATH
+from aisha_infra.deploy.paths import NGINX_SITE_PATH, SERVICE_UNIT_PATH, SOCKET_UNIT_PATH
 from tests.project import PROJECT_ROOT
 from tests.e2e.conftest import DOMAIN
 from tests.e2e.deploylib import run_deploy, write_hosts_file
