@@ -42,13 +42,14 @@ def validate_inventory(state) -> dict[str, Settings]:
 def host_settings() -> Settings:
     """The settings of the host being deployed, from its host.data (under which our
     @deploys put DEFAULTS). Every deploy of ours starts with it: the first call validates
-    every host, so a bad value anywhere stops the run before any operation."""
+    every host being deployed, so a bad value on any of them stops the run before any operation."""
     return validate_inventory(host.state)[host.name]
 
 
 def validate_before_connecting(state) -> None:
     """Check the settings of every host being deployed (see validate_inventory) before
-    pyinfra opens the first SSH connection: a bad value stops the run without touching, or even logging into, any host.
+    pyinfra opens the first SSH connection: a bad value stops the run without touching,
+    or even logging into, any host.
 
     Called from inventory.py, which pyinfra runs before the inventory is complete
     (group_data and --data come after it). pyinfra initialises the state with the
