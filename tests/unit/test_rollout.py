@@ -6,7 +6,6 @@ command."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -121,16 +120,11 @@ server.shell(name="After the failure", commands=["true"])
 def run_real_pyinfra(folder: Path, *arguments: str, fail: str = "") -> PyinfraRun:
     (folder / "deploy.py").write_text(REAL_DEPLOY)
     pyinfra = Path(sys.executable).with_name("pyinfra")
-    environment = {**os.environ, "FAIL": fail}
-    os.environ, saved = environment, os.environ  # run_pyinfra hands its environment on
-    try:
-        cwd = os.getcwd()
-        os.chdir(folder)
+    with pytest.MonkeyPatch.context() as patch:  # run_pyinfra hands its environment on
+        patch.setenv("FAIL", fail)
+        patch.chdir(folder)
         return rollout.run_pyinfra([str(pyinfra), *arguments, "deploy.py", "--config", str(CONFIG_FILE)],
                                    lambda line: None, timeout=120)
-    finally:
-        os.chdir(cwd)
-        os.environ = saved
 
 
 @pytest.fixture(scope="module")
