@@ -180,6 +180,29 @@ def test_a_pyinfra_run_that_ended_without_results_fails_every_host():
     assert rollout.why_stopped(PyinfraRun(-9, None, timed_out=0.5)) == "stopped after 0.5 s without finishing"
 
 
+def test_each_host_gets_its_own_name_of_an_operation_pyinfra_merged():
+    from types import SimpleNamespace
+
+    from pyinfra.api.operation import OperationMeta
+    from pyinfra.api.state import StateOperationHostData, StateOperationMeta
+
+    from aisha_infra.tools.pyinfra_report import _host_operation_name
+
+    meta = StateOperationMeta((1,))
+    meta.names.update({"TLS | Self-signed certificate for a.example", "TLS | Self-signed certificate for b.example"})
+    state = SimpleNamespace(op_meta={"op": meta})
+
+    def host_data(name):
+        return StateOperationHostData(lambda: iter(()), {"name": name}, OperationMeta("op", None))
+
+    assert _host_operation_name(state, None, "op", host_data("Self-signed certificate for b.example")) == \
+        "TLS | Self-signed certificate for b.example"
+    unnamed = StateOperationMeta((2,))
+    unnamed.names.add("Nginx | files.put")  # pyinfra's name for an operation without name=
+    auto = StateOperationHostData(lambda: iter(()), {}, OperationMeta("put", None))
+    assert _host_operation_name(SimpleNamespace(op_meta={"put": unnamed}), None, "put", auto) == "Nginx | files.put"
+
+
 def test_dry_run_lists_what_would_change_per_host(real_runs):
     run = real_runs["dry"]
     outcome = rollout.dry_outcomes(run, ["@local"])["@local"]
