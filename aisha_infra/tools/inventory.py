@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from aisha_infra.deploy.inventory import InventoryError
 
@@ -57,6 +58,9 @@ def load(path: str, data: Sequence[str] = (), limit: Sequence[str] = ()) -> Inve
     InventoryError (one line, what to do) when pyinfra cannot load it or a --limit
     pattern matches no host."""
     check_data_arguments(data)
+    if not Path(path).is_file():  # pyinfra would take the name for a host to connect to
+        raise InventoryError(f"the inventory file {path} does not exist in {Path.cwd()}: run from the project "
+                             "directory, or name it with --inventory")
     command = [sys.executable, "-m", __name__, path, json.dumps({"data": list(data), "limit": list(limit)})]
     try:
         child = subprocess.run(command, capture_output=True, text=True, timeout=LOAD_TIMEOUT, stdin=subprocess.DEVNULL)

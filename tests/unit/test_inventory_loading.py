@@ -66,6 +66,11 @@ def test_a_limit_that_matches_nothing_or_bad_data_is_refused(project, data, limi
     assert str(caught.value).startswith(message)
 
 
+def test_a_missing_inventory_file_is_not_taken_for_a_host_name(project):
+    with pytest.raises(InventoryError, match="the inventory file missing.py does not exist in "):
+        tools_inventory.load("missing.py")
+
+
 def test_an_inventory_pyinfra_cannot_load_says_so(project):
     (project / "inventory.py").write_text("canary = [\n")
     with pytest.raises(InventoryError, match=r"pyinfra could not load inventory.py: .*SyntaxError"):
