@@ -2,26 +2,33 @@ from pyinfra.api import deploy
 
 from aisha_infra.deploy.config import host_settings
 from aisha_infra.deploy.operations.apt import packages_installed
-from aisha_infra.deploy.settings import DEFAULTS
+from aisha_infra.deploy.settings import DEFAULTS, Settings
 
+# Every host's packages (self-signed mode needs no more).
 PACKAGES = [
     "nginx",
-    "certbot",
-    "python3-certbot-nginx",
     "ufw",
     "python3-venv",
     # the bundled app verifies fal's Ed25519 signatures with it (venv sees system packages)
     "python3-cryptography",
     "openssl",
 ]
+# certbot's webroot authenticator only: its nginx plugin (python3-certbot-nginx) is never used.
+LETSENCRYPT_PACKAGES = ["certbot"]
+
+
+def packages_for(settings: Settings) -> list[str]:
+    """What a host in `settings.tls_mode` needs: certbot only for Let's Encrypt."""
+    return PACKAGES + (LETSENCRYPT_PACKAGES if settings.tls_mode == "letsencrypt" else [])
 
 
 @deploy("Packages", data_defaults=DEFAULTS)
 def install_packages():
     settings = host_settings()
+    packages = packages_for(settings)
     packages_installed(
-        name="Install nginx, certbot, ufw and python3-venv",
-        packages=PACKAGES,
+        name=f"Install {', '.join(packages)}",
+        packages=packages,
         lock_wait=settings.apt_lock_timeout,
         _timeout=settings.apt_timeout,
     )

@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from aisha_infra.checks import health
+from aisha_infra.tasks.packages import PACKAGES
 from tests.e2e import client
 from tests.e2e.conftest import DOMAIN
 from tests.e2e.deploylib import copy_project, run_deploy
@@ -42,11 +43,18 @@ def test_second_run_changes_nothing(deployed_host):
 
 def test_services_running_and_enabled(deployed_host):
     run = deployed_host.host.run
-    for unit in ("nginx.service", "aisha-api.socket", "aisha-api.service", "ufw.service", "certbot.timer"):
+    for unit in ("nginx.service", "aisha-api.socket", "aisha-api.service", "ufw.service"):
         assert run(f"systemctl is-active {unit}").stdout.strip() == "active", unit
     for unit in ("nginx.service", "aisha-api.socket", "aisha-api.service", "ufw.service"):
         assert run(f"systemctl is-enabled {unit}").stdout.strip() == "enabled", unit
     assert run("getent passwd aisha").stdout.strip().endswith(":/usr/sbin/nologin")
+
+
+def test_self_signed_host_gets_only_its_packages(deployed_host):
+    installed = deployed_host.host.run("dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n'").stdout
+    status = dict(line.split(" ", 1) for line in installed.splitlines())
+    assert all(status.get(package, "").startswith("ii") for package in PACKAGES), installed
+    assert not {"certbot", "python3-certbot-nginx"} & {p for p, s in status.items() if s.startswith("ii")}
 
 
 def test_only_ssh_http_https_answer_from_outside(deployed_host):

@@ -84,7 +84,7 @@ def test_unsupported_system_stops_before_any_change(locked_host, tmp_path):
 def test_lock_held_too_long_fails_naming_its_holder(locked_host, tmp_path):
     host = locked_host
     hosts_file = write_hosts_file(tmp_path / "hosts.json", [host], data={"apt_lock_timeout": 3, "apt_timeout": 120})
-    host.run("apt-get remove -y python3-certbot-nginx")  # something for the package step to do
+    host.run("apt-get remove -y python3-venv")  # something for the package step to do
     hold = HOLD_APT_LOCKS.replace(f"time.sleep({LOCK_SECONDS})", "time.sleep(120)")
     host.run(f"systemd-run --unit=aisha-test-apt-lock-long python3 -c {shlex.quote(hold)}")
     try:
@@ -97,7 +97,7 @@ def test_lock_held_too_long_fails_naming_its_holder(locked_host, tmp_path):
     assert holder and "python3 -c import fcntl" in holder.group(1), failed.output[-3000:]
     assert "Starting operation: App |" not in failed.output  # nothing after the failed step
     run_deploy(hosts_file).check()
-    assert "ii  python3-certbot-nginx" in host.run("dpkg -l python3-certbot-nginx").stdout
+    assert "ii  python3-venv" in host.run("dpkg -l python3-venv").stdout
 
 
 def test_interrupted_run_then_next_run_converges(lab_hosts, tmp_path):
