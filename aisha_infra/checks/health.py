@@ -6,6 +6,8 @@ then replaces the system store, e.g. the host's own self-signed certificate) or 
 system trust store. When verification fails, the served chain is fetched and
 analysed so the message names the cause and the fix, not just OpenSSL's words.
 Used by the deploy's end-of-run verification, the rollout gates and `diagnose`.
+urllib3 rather than requests: connecting to one address while verifying another name
+(server_hostname) is a pool argument here, an adapter subclass there.
 
 The test webhook is a probe, not a delivery: it carries the header `X-Aisha-Probe: 1`
 and a request_id starting with `aisha-probe-`. The bundled app checks it like any
@@ -37,14 +39,16 @@ MAX_BODY_BYTES = 64 * 1024
 
 def check_https_health(address, domain, port=8443, ca_bundle=None, timeout=10) -> tuple[bool, str]:
     """GET https://<domain>:<port>/health via `address`: (ok, what was seen or what is wrong)."""
-    finding = health_finding(address, domain, port, ca_bundle, timeout)
-    return finding.severity != "error", finding.explain()
+    return outcome(health_finding(address, domain, port, ca_bundle, timeout))
 
 
 def check_webhook_post(address, domain, port=8443, ca_bundle=None, timeout=10) -> tuple[bool, str]:
     """POST a test event shaped like fal's to the webhook path via `address`:
     (ok, what was seen or what is wrong)."""
-    finding = webhook_finding(address, domain, port, ca_bundle, timeout)
+    return outcome(webhook_finding(address, domain, port, ca_bundle, timeout))
+
+
+def outcome(finding: Finding) -> tuple[bool, str]:
     return finding.severity != "error", finding.explain()
 
 
@@ -63,96 +67,124 @@ def health_finding(address, domain, port=8443, ca_bundle=None, timeout=10, *, ve
     """The health check as a finding. `verify=False` checks the app behind a TLS
     setup already known to be broken; `trust_system` (default: only without a
     `ca_bundle`) also trusts the system store next to the bundle."""
-    url = f"https://{domain}:{port}{HEALTH_PATH}"
-    answer = _exchange("http.health", "GET", HEALTH_PATH, address, domain, port, ca_bundle, timeout, verify, trust_system)
-    if isinstance(answer, Finding):
-        return answer
-    status, body = answer
-    if status == 200 and _json(body) == HEALTHY:
-        return Finding("http.health", "ok", f"GET {url} answered {json.dumps(HEALTHY)}{_unverified(verify)}.")
-    return Finding(
-        "http.health",
-        "error",
-        f"GET {url} answered HTTP {status}: {_excerpt(body)}; expected 200 {json.dumps(HEALTHY)}.",
-        _status_fix(status, domain),
-    )
+    with Endpoint(address, domain, port, ca_bundle, verify=verify, trust_system=trust_system) as endpoint:
+        return endpoint.health(timeout)
 
 
 def webhook_finding(address, domain, port=8443, ca_bundle=None, timeout=10, *, verify=True, trust_system=None) -> Finding:
     """The webhook check as a finding (see health_finding for the options)."""
-    url = f"https://{domain}:{port}{WEBHOOK_PATH}"
-    event = sample_fal_event()
-    answer = _exchange(
-        "http.webhook", "POST", WEBHOOK_PATH, address, domain, port, ca_bundle, timeout, verify, trust_system,
-        body=json.dumps(event).encode(), headers={PROBE_HEADER: "1"},
-    )
-    if isinstance(answer, Finding):
-        return answer
-    status, body = answer
-    if status == 200:
-        return Finding(
-            "http.webhook",
-            "ok",
-            f"POST {url} (request_id {event['request_id']}) answered 200{_unverified(verify)}.",
-        )
-    if status == 401 and _json(body) == {"error": "invalid signature"}:
-        return Finding(
-            "http.webhook",
-            "ok",
-            f"POST {url} reached the app, which rejected the unsigned test event (401) because it "
-            f"verifies fal's signatures, as configured{_unverified(verify)}.",
-        )
-    return Finding(
-        "http.webhook",
-        "error",
-        f"POST {url} answered HTTP {status}: {_excerpt(body)}; expected 200.",
-        _status_fix(status, domain),
-    )
+    with Endpoint(address, domain, port, ca_bundle, verify=verify, trust_system=trust_system) as endpoint:
+        return endpoint.webhook(timeout)
 
 
 def post(address, domain, port, path, body: bytes, headers: dict, ca_bundle=None, timeout=10, verify=True):
     """(status, body) of one POST to `address` with SNI/Host `domain`, or the Finding that
     says why there is none (used by `aisha-infra webhook send`)."""
-    return _exchange("http.post", "POST", path, address, domain, port, ca_bundle, timeout, verify, None,
-                     body=body, headers=headers)
+    with Endpoint(address, domain, port, ca_bundle, verify=verify) as endpoint:
+        return endpoint.exchange("http.post", "POST", path, timeout, body=body, headers=headers)
 
 
-def _exchange(check, method, path, address, domain, port, ca_bundle, timeout, verify, trust_system, body=None,
-              headers=None):
-    """(status, body) of one HTTPS request to `address` with SNI/Host `domain`, or
-    the Finding that says why there is none."""
-    if trust_system is None:
-        trust_system = ca_bundle is None
-    try:
-        context = _ssl_context(ca_bundle, verify, trust_system)
-    except (OSError, ssl.SSLError) as exc:
-        return Finding(check, "error", f"Cannot load the CA bundle {ca_bundle}: {exc}.", "Pass a readable PEM file.")
-    pool = urllib3.HTTPSConnectionPool(
-        address,
-        port,
-        ssl_context=context,
-        cert_reqs="CERT_REQUIRED" if verify else "CERT_NONE",
-        server_hostname=domain,
-        assert_hostname=None if verify else False,
-        timeout=urllib3.Timeout(connect=timeout, read=timeout),
-        retries=False,
-        maxsize=1,
-    )
-    headers = {"Host": domain if port == 443 else f"{domain}:{port}", "User-Agent": "aisha-infra", **(headers or {})}
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-            response = pool.urlopen(method, path, body=body, headers=headers, redirect=False, preload_content=False)
+class Endpoint:
+    """HTTPS to `address` with SNI and Host `domain`, over one keep-alive connection that
+    every check made through it reuses (health, then the test webhook: one TCP and TLS
+    handshake). `with Endpoint(...) as endpoint:` closes it; options as health_finding."""
+
+    def __init__(self, address, domain, port=8443, ca_bundle=None, *, verify=True, trust_system=None):
+        self.address, self.domain, self.port, self.ca_bundle, self.verify = address, domain, port, ca_bundle, verify
+        self.trust_system = ca_bundle is None if trust_system is None else trust_system
+        self._pool = None
         try:
-            return response.status, response.read(MAX_BODY_BYTES)
-        finally:
-            response.release_conn()
-    except urllib3.exceptions.HTTPError as exc:
-        return _failure(check, exc, address, domain, port, ca_bundle, timeout, trust_system)
-    finally:
-        pool.close()
+            context = _ssl_context(ca_bundle, verify, self.trust_system)
+        except (OSError, ssl.SSLError) as exc:
+            self._bundle_error = exc
+            return
+        self._pool = urllib3.HTTPSConnectionPool(
+            address,
+            port,
+            ssl_context=context,
+            cert_reqs="CERT_REQUIRED" if verify else "CERT_NONE",
+            server_hostname=domain,
+            assert_hostname=None if verify else False,
+            retries=False,
+            maxsize=1,
+        )
+
+    def __enter__(self) -> Endpoint:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    def health(self, timeout=10) -> Finding:
+        url = f"https://{self.domain}:{self.port}{HEALTH_PATH}"
+        answer = self.exchange("http.health", "GET", HEALTH_PATH, timeout)
+        if isinstance(answer, Finding):
+            return answer
+        status, body = answer
+        if status == 200 and _json(body) == HEALTHY:
+            return Finding("http.health", "ok", f"GET {url} answered {json.dumps(HEALTHY)}{_unverified(self.verify)}.")
+        return Finding(
+            "http.health",
+            "error",
+            f"GET {url} answered HTTP {status}: {_excerpt(body)}; expected 200 {json.dumps(HEALTHY)}.",
+            _status_fix(status, self.domain),
+        )
+
+    def webhook(self, timeout=10) -> Finding:
+        url = f"https://{self.domain}:{self.port}{WEBHOOK_PATH}"
+        event = sample_fal_event()
+        answer = self.exchange(
+            "http.webhook", "POST", WEBHOOK_PATH, timeout, body=json.dumps(event).encode(), headers={PROBE_HEADER: "1"}
+        )
+        if isinstance(answer, Finding):
+            return answer
+        status, body = answer
+        if status == 200:
+            return Finding(
+                "http.webhook",
+                "ok",
+                f"POST {url} (request_id {event['request_id']}) answered 200{_unverified(self.verify)}.",
+            )
+        if status == 401 and _json(body) == {"error": "invalid signature"}:
+            return Finding(
+                "http.webhook",
+                "ok",
+                f"POST {url} reached the app, which rejected the unsigned test event (401) because it "
+                f"verifies fal's signatures, as configured{_unverified(self.verify)}.",
+            )
+        return Finding(
+            "http.webhook",
+            "error",
+            f"POST {url} answered HTTP {status}: {_excerpt(body)}; expected 200.",
+            _status_fix(status, self.domain),
+        )
+
+    def exchange(self, check, method, path, timeout, body=None, headers=None):
+        """(status, body) of one HTTPS request, or the Finding that says why there is none."""
+        if self._pool is None:
+            return Finding(check, "error", f"Cannot load the CA bundle {self.ca_bundle}: {self._bundle_error}.",
+                           "Pass a readable PEM file.")
+        domain, port = self.domain, self.port
+        headers = {"Host": domain if port == 443 else f"{domain}:{port}", "User-Agent": "aisha-infra", **(headers or {})}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+                response = self._pool.urlopen(method, path, body=body, headers=headers, redirect=False,
+                                              preload_content=False,
+                                              timeout=urllib3.Timeout(connect=timeout, read=timeout))
+            try:
+                return response.status, response.read(MAX_BODY_BYTES)
+            finally:
+                # Back for the next request; urllib3 drops a connection with unread data left.
+                response.release_conn()
+        except urllib3.exceptions.HTTPError as exc:
+            return _failure(check, exc, self.address, domain, port, self.ca_bundle, timeout, self.trust_system)
 
 
 def _ssl_context(ca_bundle, verify, trust_system) -> ssl.SSLContext:

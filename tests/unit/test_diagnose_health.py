@@ -46,6 +46,26 @@ def test_webhook_post_has_fals_shape_and_host_header(pki, good_server):
     assert body["request_id"] in detail
 
 
+def test_one_endpoint_checks_health_and_webhook_over_one_connection(pki, good_server):
+    with health.Endpoint("127.0.0.1", DOMAIN, good_server.port, str(pki.root)) as endpoint:
+        findings = [endpoint.health(timeout=5), endpoint.webhook(timeout=5), endpoint.health(timeout=5)]
+
+    assert [finding.severity for finding in findings] == ["ok", "ok", "ok"], [f.explain() for f in findings]
+    assert good_server.connections == 1
+
+
+def test_an_oversized_answer_is_cut_and_its_connection_not_reused(pki, good_server):
+    good_server.set_health(200, {"padding": "x" * (2 * health.MAX_BODY_BYTES)})
+    with health.Endpoint("127.0.0.1", DOMAIN, good_server.port, str(pki.root)) as endpoint:
+        first = endpoint.health(timeout=5)
+        good_server.set_health(200, health.HEALTHY)
+        second = endpoint.health(timeout=5)
+
+    assert first.severity == "error" and "..." in first.message
+    assert second.severity == "ok", second.explain()
+    assert good_server.connections == 2
+
+
 @pytest.mark.parametrize(
     "status, body, fix",
     [
@@ -121,7 +141,7 @@ def test_unreadable_bundle_is_reported(tmp_path):
 def test_unsigned_test_event_rejected_for_its_signature_means_the_path_works(pki, good_server, monkeypatch):
     """With fal_verify_signatures on, the app answers 401 to our unsigned event."""
     monkeypatch.setattr(
-        health, "_exchange", lambda *args, **kwargs: (401, b'{"error": "invalid signature"}')
+        health.Endpoint, "exchange", lambda *args, **kwargs: (401, b'{"error": "invalid signature"}')
     )
 
     ok, detail = health.check_webhook_post("127.0.0.1", DOMAIN, good_server.port, str(pki.root))

@@ -224,14 +224,15 @@ def test_verify_health_check_stops_at_the_steps_limit():
     import socket
     import time
 
+    from aisha_infra.checks import health
     from aisha_infra.deploy.operations import verify
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         started = time.monotonic()
-        ok, detail = verify._settled_health("127.0.0.1", "aibots.test", silent.getsockname()[1], None,
-                                            deadline=started + 2)
+        with health.Endpoint("127.0.0.1", "aibots.test", silent.getsockname()[1]) as endpoint:
+            ok, detail = verify._settled_health(endpoint, deadline=started + 2)
         elapsed = time.monotonic() - started
     assert not ok and detail
     assert elapsed < verify.SETTLE_SECONDS, f"took {elapsed:.1f} s"

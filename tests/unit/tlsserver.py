@@ -14,6 +14,7 @@ HEALTHY = {"status": "healthy", "service": "Aisha Bot FAL Webhook API"}
 
 
 class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like nginx
     timeout = 5  # a client that stalls cannot hold a thread for long
     server: _TLSServer
 
@@ -55,9 +56,11 @@ class _TLSServer(ThreadingHTTPServer):
         self.health_status = 200
         self.health_body = HEALTHY
         self.posted: list[dict] = []
+        self.connections = 0
 
     def get_request(self):
         sock, address = super().get_request()
+        self.connections += 1
         # The handshake happens in the handler's thread, on first read.
         return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
 
@@ -77,6 +80,11 @@ class LocalTLSServer:
     @property
     def port(self) -> int:
         return self._server.server_address[1]
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted so far."""
+        return self._server.connections
 
     @property
     def posted(self) -> list[dict]:

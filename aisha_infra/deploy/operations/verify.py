@@ -10,6 +10,7 @@ lines of the run are one summary per host: what fal will see.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import tempfile
 import time
@@ -35,11 +36,10 @@ def _request_timeout(deadline: float) -> float:
     return max(0.1, min(REQUEST_SECONDS, deadline - time.monotonic()))
 
 
-def _settled_health(address: str, domain: str, port: int, trust: str | None, deadline: float) -> tuple[bool, str]:
+def _settled_health(endpoint: health.Endpoint, deadline: float) -> tuple[bool, str]:
     settled = min(time.monotonic() + SETTLE_SECONDS, deadline)
     while True:
-        ok, detail = health.check_https_health(address, domain, port=port, ca_bundle=trust,
-                                               timeout=_request_timeout(deadline))
+        ok, detail = health.outcome(endpoint.health(timeout=_request_timeout(deadline)))
         if ok or time.monotonic() >= settled:
             return ok, detail
         time.sleep(SETTLE_INTERVAL)
@@ -150,33 +150,35 @@ def https_endpoint(
     if pinned_cert and trust is None:
         yield FunctionCommand(fail_host, (f"cannot verify TLS: {pinned_cert} is missing on the host",), {})
         return
-    ok, detail = _settled_health(address, domain, port, trust, deadline)
+    # One keep-alive connection for health and the test webhook (another if the trust changes).
+    with contextlib.ExitStack() as connections:
+        endpoint = connections.enter_context(health.Endpoint(address, domain, port, ca_bundle=trust))
+        ok, detail = _settled_health(endpoint, deadline)
 
-    degraded = None
-    if not ok and fallback_cert and host.name in ISSUANCE_FAILURES:
-        fallback = _fetch_certificate(fallback_cert)
-        if fallback:
-            fallback_ok, fallback_detail = health.check_https_health(
-                address, domain, port=port, ca_bundle=fallback, timeout=_request_timeout(deadline))
-            if fallback_ok:
-                degraded, trust, ok, detail = ISSUANCE_FAILURES[host.name], fallback, True, fallback_detail
+        degraded = None
+        if not ok and fallback_cert and host.name in ISSUANCE_FAILURES:
+            fallback = _fetch_certificate(fallback_cert)
+            if fallback:
+                fallback_endpoint = connections.enter_context(health.Endpoint(address, domain, port, ca_bundle=fallback))
+                fallback_ok, fallback_detail = health.outcome(fallback_endpoint.health(timeout=_request_timeout(deadline)))
+                if fallback_ok:
+                    degraded, endpoint, ok, detail = ISSUANCE_FAILURES[host.name], fallback_endpoint, True, fallback_detail
 
-    if not ok:
-        detail += over_time if time.monotonic() >= deadline else ""
-        summary.health = "FAILED (/health)"
-        yield FunctionCommand(fail_host, (f"HTTPS health check failed for https://{domain}:{port}/health via {address}: {detail}",), {})
-        return
-    logger.info(f"{host.print_prefix}HTTPS health OK: {detail}")
-
-    if check_webhook:
-        ok, detail = health.check_webhook_post(address, domain, port=port, ca_bundle=trust,
-                                               timeout=_request_timeout(deadline))
         if not ok:
             detail += over_time if time.monotonic() >= deadline else ""
-            summary.health = "FAILED (webhook POST)"
-            yield FunctionCommand(fail_host, (f"webhook POST check failed via {address}: {detail}",), {})
+            summary.health = "FAILED (/health)"
+            yield FunctionCommand(fail_host, (f"HTTPS health check failed for https://{domain}:{port}/health via {address}: {detail}",), {})
             return
-        logger.info(f"{host.print_prefix}Webhook POST OK: {detail}")
+        logger.info(f"{host.print_prefix}HTTPS health OK: {detail}")
+
+        if check_webhook:
+            ok, detail = health.outcome(endpoint.webhook(timeout=_request_timeout(deadline)))
+            if not ok:
+                detail += over_time if time.monotonic() >= deadline else ""
+                summary.health = "FAILED (webhook POST)"
+                yield FunctionCommand(fail_host, (f"webhook POST check failed via {address}: {detail}",), {})
+                return
+            logger.info(f"{host.print_prefix}Webhook POST OK: {detail}")
     summary.health = "OK"
 
     _report_certificate(address, domain, port, deadline, summary)
