@@ -1,6 +1,5 @@
 import glob
 import hashlib
-from io import StringIO
 from pathlib import Path
 
 from pyinfra.api import deploy
@@ -17,6 +16,7 @@ from aisha_infra.deploy.operations.app import (
     secret_file,
     virtualenv,
 )
+from aisha_infra.deploy.operations.uploads import text_file
 from aisha_infra.deploy.settings import DEFAULTS
 
 UPLOAD_EXCLUDE = ["*.pyc", "__pycache__", ".git", ".venv"]
@@ -54,23 +54,20 @@ def deploy_app():
         name=f"Write the app's environment (0600 root) in release {release}",
         dest=f"{release_dir}/{paths.RELEASE_ENV_NAME}",
         content=environment,
+        live=rendering.environment_file_path(settings),
     )
     if settings.fal_jwks_file:  # configuration, not a fact: fixed for the whole run
-        files.put(
+        text_file(
             name=f"Upload fal's JWKS to release {release}",
-            src=settings.fal_jwks_file,
+            content=jwks.decode(),
             dest=f"{release_dir}/{paths.REMOTE_JWKS_NAME}",
-            user="root",
-            group="root",
-            mode="0644",
+            live=rendering.remote_jwks_path(settings),
         )
-    files.put(
+    text_file(
         name=f"Render aisha-api.service for release {release}",
-        src=StringIO(unit),
+        content=unit,
         dest=f"{release_dir}/{paths.RELEASE_UNIT_NAME}",
-        user="root",
-        group="root",
-        mode="0644",
+        live=paths.SERVICE_UNIT_PATH,
     )
     virtualenv(name=f"Create virtualenv {settings.venv_dir}", path=settings.venv_dir)
     if lists_packages(source / "requirements.txt"):  # the local source: fixed for the run

@@ -9,6 +9,7 @@ from pyinfra.operations.util import any_changed
 from aisha_infra.deploy import paths, rendering
 from aisha_infra.deploy.config import host_settings
 from aisha_infra.deploy.onhost import aisha_watch
+from aisha_infra.deploy.operations.app import secret_file
 from aisha_infra.deploy.settings import DEFAULTS, Settings
 from aisha_infra.tasks.service_user import create_system_account
 
@@ -42,13 +43,11 @@ def deploy_watch():
         mode="0644",
     )
     if settings.alert_webhook_url:
-        alert_url = files.put(
+        alert_url = secret_file(
             name="Alert webhook URL (0600 root: it holds a token)",
-            src=StringIO(settings.alert_webhook_url + "\n"),
             dest=paths.WATCH_ALERT_URL_PATH,
-            user="root",
-            group="root",
-            mode="0600",
+            content=settings.alert_webhook_url + "\n",
+            environment=False,
         )
     else:
         alert_url = files.file(name="No alert webhook URL", path=paths.WATCH_ALERT_URL_PATH, present=False)

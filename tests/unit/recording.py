@@ -67,11 +67,12 @@ class RecordingConnector(BaseConnector):
 
 
 def record_operation(op, host_data: dict, *args, answers: dict[str, list[str]] | None = None,
-                     **kwargs) -> Recorded:
+                     diff: bool = False, **kwargs) -> Recorded:
     """Add and execute `op(*args, **kwargs)` on one host with `host_data` (e.g. {"_sudo":
-    True}), as `pyinfra` would; returns every command line that reached the connector."""
+    True}), as `pyinfra` would (`diff`: as `pyinfra --diff`); returns every command line
+    that reached the connector."""
     inventory = Inventory(([("recorded-host", host_data)], {}))
-    state = State(inventory, Config())
+    state = State(inventory, Config(DIFF=diff))
     host = inventory.get_host("recorded-host")
     recorded = Recorded()
     host.connector = RecordingConnector(state, host)

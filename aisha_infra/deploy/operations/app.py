@@ -17,6 +17,7 @@ from pyinfra.operations import files
 from aisha_infra.deploy import paths, rendering
 from aisha_infra.deploy.facts.files import DirectoryTree
 from aisha_infra.deploy.facts.releases import ReleaseState
+from aisha_infra.deploy.operations.uploads import show_hidden
 
 
 def wanted_tree(src: Path, user: str, group: str, mode: str, dir_mode: str,
@@ -171,23 +172,28 @@ def environment_changes(old: str | None, new: str) -> list[str]:
 
 
 @operation()
-def secret_file(dest: str, content: str):
+def secret_file(dest: str, content: str, live: str | None = None, environment: bool = True):
     """
-    A root-only file (0600 root:root) whose content never shows: not in --diff (only the
-    names of changed variables, values of secret-looking ones masked), not in the
-    world-readable moment between upload and chmod that files.put has.
+    A root-only file (0600 root:root) whose content never shows: not in --diff (an
+    environment file: the names of changed variables, values of secret-looking ones
+    masked; else nothing of it), not in the world-readable moment between upload and
+    chmod that files.put has.
 
     + dest: path on the host, in a directory only root can write
     + content: the file's text
+    + live: the file this one replaces, which --diff compares with (default: dest)
+    + environment: content is NAME=value lines
     """
     wanted = hashlib.sha1(content.encode()).hexdigest()
     if host.get_fact(Sha1File, path=dest) == wanted and (host.get_fact(File, path=dest) or {}).get("mode") == 600:
         host.noop(f"{dest} is up to date")
         return
-    if state.config.DIFF:
-        current = host.get_fact(FileContents, path=dest)
+    if not environment:
+        show_hidden(dest, "a secret (0600 root)")
+    elif state.config.DIFF:
+        current = host.get_fact(FileContents, path=live or dest)
         host.log(f"Will write {dest} (0600 root):", logger.info)
-        for line in environment_changes("\n".join(current) if current else None, content):
+        for line in environment_changes("\n".join(current) if current else None, content) or ["(no variable changes)"]:
             logger.info("  %s", line)
     q = shlex.quote(dest)
     # Uploads go through a file the SSH user writes first (sudo); it is made 0600 before

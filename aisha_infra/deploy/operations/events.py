@@ -8,7 +8,8 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.files import File
-from pyinfra.operations import files
+
+from aisha_infra.deploy.operations.uploads import show_hidden, upload
 
 
 @operation()
@@ -29,5 +30,6 @@ def restore_snapshot(snapshot: str, database: str, user: str):
     staged = f"{data_dir}/.events-restore.sqlite3"
     yield f"install -d -o {user} -g {user} -m 0750 {shlex.quote(data_dir)}"
     # the mode the app gives its database (UMask=0027)
-    yield from files.put._inner(src=str(Path(snapshot).expanduser()), dest=staged, user=user, group=user, mode="0640")
+    show_hidden(database, f"the event store from {snapshot} (webhook deliveries)")
+    yield from upload(str(Path(snapshot).expanduser()), staged, mode="0640", user=user, group=user)
     yield f"test ! -e {shlex.quote(database)} && mv -T {shlex.quote(staged)} {shlex.quote(database)}"

@@ -18,11 +18,11 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.facts.hardware import Ipv4Addrs, Ipv6Addrs
-from pyinfra.operations import files
 
 from aisha_infra.deploy import paths
 from aisha_infra.deploy.facts.tls import CertificateState
 from aisha_infra.deploy.letsencrypt_archive import ArchiveError, checked_archive
+from aisha_infra.deploy.operations.uploads import show_hidden, upload
 
 # Host name -> why the last issuance failed; the verify step reports it.
 ISSUANCE_FAILURES: dict[str, str] = {}
@@ -255,5 +255,6 @@ def restore_archive(archive: str, live_dir: str):
         checked = checked_archive(archive, posixpath.basename(live_dir))
     except ArchiveError as exc:  # changed since settings validation accepted it
         raise OperationError(f"letsencrypt_restore_archive {archive!r} {exc}") from None
-    yield from files.put._inner(src=io.BytesIO(checked), dest=paths.RESTORE_PAYLOAD, mode="0600", user="root", group="root")
+    show_hidden(live_dir, f"restored from {archive} (private keys)")
+    yield from upload(io.BytesIO(checked), paths.RESTORE_PAYLOAD, mode="0600")
     yield restore_command(paths.RESTORE_PAYLOAD)

@@ -17,10 +17,10 @@ from pyinfra import host
 from pyinfra.api import StringCommand, operation
 from pyinfra.api.exceptions import OperationError
 from pyinfra.facts.files import Link, Sha1File
-from pyinfra.operations import files
 
 from aisha_infra.deploy.facts.system import NginxVersion, wants_http2_directive
 from aisha_infra.deploy.facts.tls import CertificateState
+from aisha_infra.deploy.operations.uploads import show_diff, upload
 from aisha_infra.deploy.rendering import certificate_snippet_context, render
 
 _SWAP_AND_TEST = r"""
@@ -62,12 +62,15 @@ def validated_config(template: str, dest: str, context: dict, enable_link: str |
     wanted_sha = hashlib.sha1(content.encode()).hexdigest()
     link_ok = enable_link is None or (host.get_fact(Link, path=enable_link) or {}).get("link_target") == dest
 
-    if host.get_fact(Sha1File, path=dest) == wanted_sha and link_ok:
+    same_content = host.get_fact(Sha1File, path=dest) == wanted_sha
+    if same_content and link_ok:
         host.noop(f"{dest} is up to date")
         return
 
+    if not same_content:
+        show_diff(dest, content)
     staged = f"{dest}.aisha-new"
-    yield from files.put._inner(src=StringIO(content), dest=staged, mode="0644", user="root", group="root")
+    yield from upload(StringIO(content), staged, mode="0644")
     yield StringCommand(swap_and_test_script(dest, staged, enable_link))
 
 
