@@ -55,9 +55,10 @@ def write_hosts_file(path: Path, hosts: list[LabHost], data: dict | None = None,
 
 
 def run_deploy(hosts_file: Path, *extra_args: str, cwd: Path = PROJECT_ROOT, timeout: int = 900,
-               env: dict | None = None) -> DeployRun:
+               env: dict | None = None, yes: bool = True) -> DeployRun:
+    """`pyinfra -y ...`; yes=False keeps pyinfra's change detection (which -y skips), for --diff --dry."""
     result = subprocess.run(
-        [PYINFRA, "-y", *extra_args, "inventory.py", "deploy.py"],
+        [PYINFRA, *(["-y"] if yes else []), *extra_args, "inventory.py", "deploy.py"],
         cwd=cwd, env={**os.environ, "AISHA_HOSTS": str(hosts_file), "PYTHONPATH": str(cwd), **(env or {})},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
     )

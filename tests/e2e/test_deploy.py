@@ -4,6 +4,7 @@ changes, then look at the host from outside and inside like an operator would.""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import uuid
 
@@ -114,6 +115,29 @@ def test_broken_site_template_keeps_the_old_config_serving(deployed_host, tmp_pa
     assert deployed_host.host.run("systemctl is-active nginx").stdout.strip() == "active"
     ok, detail = health.check_https_health(deployed_host.address, DOMAIN, 8443, ca_bundle=str(deployed_host.cert_pem))
     assert ok, detail
+
+
+def test_diff_shows_a_setting_change_as_one_line_and_the_run_applies_it(deployed_host, tmp_path):
+    hosts = json.loads(deployed_host.hosts_file.read_text())
+    hosts[0]["data"]["nginx_rate_limit_burst"] = 250
+    changed = tmp_path / "hosts.json"
+    changed.write_text(json.dumps(hosts))
+    try:
+        shown = run_deploy(changed, "--diff", "--dry", yes=False).check()
+        output = re.sub(r"\x1b\[[0-9;]*m", "", shown.output)
+        assert f"Will modify {SITE}" in output, output[-6000:]
+        assert ".aisha-new" not in output
+        diff = {line.strip() for line in output.splitlines() if re.match(r"\s+[-+] ", line)}
+        assert diff == {"-     limit_req zone=aisha_webhook burst=200 nodelay;",
+                        "+     limit_req zone=aisha_webhook burst=250 nodelay;"}, output[-6000:]
+        assert "burst=200" in deployed_host.host.run(f"grep burst= {SITE}").stdout  # --dry changed nothing
+
+        applied = run_deploy(changed).check()
+        assert "Nginx | Render the webhook site" in " ".join(applied.changed_operations)
+        assert "burst=250" in deployed_host.host.run(f"grep burst= {SITE}").stdout
+    finally:
+        run_deploy(deployed_host.hosts_file).check()
+    assert "burst=200" in deployed_host.host.run(f"grep burst= {SITE}").stdout
 
 
 def test_drift_is_repaired(deployed_host):
