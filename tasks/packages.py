@@ -13,8 +13,10 @@ PACKAGES = [
     "python3-cryptography",
     "openssl",
 ]
-# certbot's webroot authenticator only: its nginx plugin (python3-certbot-nginx) is never used.
+# certbot's webroot authenticator only: its nginx plugin is never used.
 LETSENCRYPT_PACKAGES = ["certbot"]
+# Installed by earlier versions of this deploy, removed where found.
+RETIRED_PACKAGES = ["python3-certbot-nginx"]
 
 
 def packages_for(settings: Settings) -> list[str]:
@@ -29,6 +31,7 @@ def install_packages():
     packages_installed(
         name=f"Install {', '.join(packages)}",
         packages=packages,
+        removed=RETIRED_PACKAGES,
         lock_wait=settings.apt_lock_timeout,
         _timeout=settings.apt_timeout,
     )

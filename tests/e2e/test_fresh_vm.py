@@ -84,7 +84,11 @@ def test_unsupported_system_stops_before_any_change(locked_host, tmp_path):
 def test_lock_held_too_long_fails_naming_its_holder(locked_host, tmp_path):
     host = locked_host
     hosts_file = write_hosts_file(tmp_path / "hosts.json", [host], data={"apt_lock_timeout": 3, "apt_timeout": 120})
-    host.run("apt-get remove -y python3-venv")  # something for the package step to do
+    # Something for the package step to do: a package earlier versions installed (a stand-in).
+    host.run("mkdir -p /tmp/retired/DEBIAN && printf '%s\\n' 'Package: python3-certbot-nginx' 'Version: 0.0-test' "
+             "'Architecture: all' 'Maintainer: test <test@aibots.test>' 'Description: stand-in' "
+             "> /tmp/retired/DEBIAN/control && dpkg-deb -b /tmp/retired /tmp/retired.deb >/dev/null "
+             "&& dpkg -i /tmp/retired.deb >/dev/null && rm -rf /tmp/retired /tmp/retired.deb")
     hold = HOLD_APT_LOCKS.replace(f"time.sleep({LOCK_SECONDS})", "time.sleep(120)")
     host.run(f"systemd-run --unit=aisha-test-apt-lock-long python3 -c {shlex.quote(hold)}")
     try:
@@ -97,7 +101,7 @@ def test_lock_held_too_long_fails_naming_its_holder(locked_host, tmp_path):
     assert holder and "python3 -c import fcntl" in holder.group(1), failed.output[-3000:]
     assert "Starting operation: App |" not in failed.output  # nothing after the failed step
     run_deploy(hosts_file).check()
-    assert "ii  python3-venv" in host.run("dpkg -l python3-venv").stdout
+    assert host.run("dpkg-query -W -f='${db:Status-Abbrev}' python3-certbot-nginx", check=False).stdout[:2] != "ii"
 
 
 def test_interrupted_run_then_next_run_converges(lab_hosts, tmp_path):

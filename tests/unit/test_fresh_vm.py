@@ -20,6 +20,7 @@ from aisha_infra.deploy.operations import nginx as nginx_operations
 from aisha_infra.deploy.operations.nginx import site_config
 from aisha_infra.deploy.settings import SettingsError, build_settings
 from aisha_infra.tasks import firewall
+from aisha_infra.tasks.packages import PACKAGES, packages_for
 from tests.unit.fakehost import FakeHost, run_operation
 
 DOMAIN = {"aisha_domain": "aibots.test"}
@@ -41,6 +42,24 @@ def test_missing_packages_are_installed_with_a_lock_wait():
     assert "lock_wait=600" in script and "DPkg::Lock::Timeout" in script
     assert script.rstrip().endswith("install --fix-broken ufw openssl")
     assert "with_lock_wait apt_get update" in script
+
+
+def test_a_retired_package_is_removed_in_the_same_apt_call_only_where_installed():
+    installed = {"nginx": ["1.22"], "python3-certbot-nginx": ["2.1"]}
+    commands, _ = run_operation(apt.packages_installed, {DebPackages: installed},
+                                packages=["nginx"], removed=["python3-certbot-nginx"], lock_wait=600)
+    assert commands[0].rstrip().endswith("install --fix-broken python3-certbot-nginx-")
+    commands, noops = run_operation(apt.packages_installed, {DebPackages: {"nginx": ["1.22"]}},
+                                    packages=["nginx"], removed=["python3-certbot-nginx"], lock_wait=600)
+    assert commands == [] and noops
+
+
+@pytest.mark.parametrize("mode, certbot", [("self-signed", False), ("letsencrypt", True)])
+def test_certbot_only_in_letsencrypt_mode(mode, certbot):
+    settings = build_settings({**DOMAIN, "tls_mode": mode, "letsencrypt_email": "ops@aibots.test"})
+    wanted = packages_for(settings)
+    assert ("certbot" in wanted) is certbot
+    assert "python3-certbot-nginx" not in wanted and set(PACKAGES) <= set(wanted)
 
 
 def _fake_tools(tmp: Path, locked_runs: int, message: str) -> dict:

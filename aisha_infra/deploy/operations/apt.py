@@ -77,20 +77,22 @@ def install_script(packages: list[str], lock_wait: int) -> str:
 
 
 @operation()
-def packages_installed(packages: list[str], lock_wait: int):
+def packages_installed(packages: list[str], lock_wait: int, removed: list[str] | tuple = ()):
     """
     Install the missing ones of `packages`, after refreshing the package lists.
 
     + packages: Debian package names
     + lock_wait: seconds to wait, in all, for other apt/dpkg processes to release their locks
+    + removed: packages to remove if installed (in the same apt-get call: `name-`)
 
-    Nothing runs (not even `apt-get update`) when every package is installed.
+    Nothing runs (not even `apt-get update`) when every package is installed and none to remove is.
     """
     if isinstance(lock_wait, bool) or not isinstance(lock_wait, int) or lock_wait < 0:
         raise OperationValueError(f"lock_wait {lock_wait!r} is not a number of seconds")
     installed = host.get_fact(DebPackages)
     missing = [package for package in packages if package not in installed]
-    if not missing:
+    unwanted = [package for package in removed if package in installed]
+    if not missing and not unwanted:
         host.noop(f"installed: {', '.join(packages)}")
         return
-    yield StringCommand(install_script(missing, lock_wait))
+    yield StringCommand(install_script(missing + [f"{package}-" for package in unwanted], lock_wait))
