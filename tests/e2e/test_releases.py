@@ -67,7 +67,7 @@ def release_host(lab, tmp_path_factory) -> ReleaseHost:
     work = tmp_path_factory.mktemp("releases")
     legacy = work / "legacy"
     legacy.mkdir()
-    commit = subprocess.run(["git", "-C", str(PROJECT_ROOT), "log", "--diff-filter=A", "--format=%H", "--",
+    commit = subprocess.run(["git", "-C", str(PROJECT_ROOT), "log", "--follow", "--diff-filter=A", "--format=%H", "--",
                              "aisha_infra/deploy/facts/releases.py"], capture_output=True, text=True, check=True).stdout.split()[-1]
     archive = subprocess.run(["git", "-C", str(PROJECT_ROOT), "archive", f"{commit}~1"], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(legacy)], input=archive.stdout, check=True)
