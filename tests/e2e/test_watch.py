@@ -147,22 +147,6 @@ def test_failing_health_alerts_and_recovers(watched):
     receiver.wait_for("health", "resolved", seen)
 
 
-def test_failed_certbot_run_alerts(watched):
-    host, receiver, _, _ = watched
-    assert "aisha-watch.service" in host.run("systemctl show -p OnFailure certbot.service").stdout
-    seen = receiver.count()
-    # certbot itself fails: a runtime drop-in (gone at reboot, removed below) replaces its command.
-    dropin = "/run/systemd/system/certbot.service.d/zz-test-fail.conf"
-    host.run(f"mkdir -p {dropin.rsplit('/', 1)[0]} && printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' > {dropin} "
-             "&& systemctl daemon-reload && (systemctl start certbot.service || true)")
-    try:
-        alert = receiver.wait_for("certbot", "alert", seen)
-        assert "failed" in alert["message"]
-    finally:
-        host.run(f"rm -f {dropin} && systemctl daemon-reload && systemctl reset-failed certbot.service")
-
-
-
 def test_turning_the_watch_off_stops_its_timer(watched):
     host, _, hosts_file, _ = watched
     data = json.loads(hosts_file.read_text())
@@ -221,3 +205,19 @@ def test_served_certificate_older_than_the_live_one_alerts(watched_letsencrypt):
     seen = receiver.count()
     host.run("systemctl reload nginx")
     receiver.wait_for("served_matches", "resolved", seen)
+
+
+def test_failed_certbot_run_alerts(watched_letsencrypt):
+    """certbot is installed in letsencrypt mode only."""
+    host, receiver, _ = watched_letsencrypt
+    assert "aisha-watch.service" in host.run("systemctl show -p OnFailure certbot.service").stdout
+    seen = receiver.count()
+    # certbot itself fails: a runtime drop-in (gone at reboot, removed below) replaces its command.
+    dropin = "/run/systemd/system/certbot.service.d/zz-test-fail.conf"
+    host.run(f"mkdir -p {dropin.rsplit('/', 1)[0]} && printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' > {dropin} "
+             "&& systemctl daemon-reload && (systemctl start certbot.service || true)")
+    try:
+        alert = receiver.wait_for("certbot", "alert", seen)
+        assert "failed" in alert["message"]
+    finally:
+        host.run(f"rm -f {dropin} && systemctl daemon-reload && systemctl reset-failed certbot.service")
