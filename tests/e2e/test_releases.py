@@ -22,7 +22,7 @@ import pytest
 import urllib3
 
 from aisha_infra.lab.hosts import LabHost
-from aisha_infra.deploy.rendering import SERVICE_UNIT_PATH
+from aisha_infra.deploy.paths import SERVICE_UNIT_PATH
 from tests.project import PROJECT_ROOT
 from tests.e2e import client
 from tests.e2e.conftest import DOMAIN
