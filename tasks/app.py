@@ -49,6 +49,7 @@ def deploy_app():
         dir_mode="0755",
         exclude=exclude,
         exclude_dir=UPLOAD_EXCLUDE_DIR,
+        live=f"{settings.current_release_link}/app",
     )
     secret_file(
         name=f"Write the app's environment (0600 root) in release {release}",

@@ -95,3 +95,24 @@ def test_the_alert_url_never_shows(shown):
     output = shown()
     assert f"Will write {paths.WATCH_ALERT_URL_PATH}: a secret (0600 root), content not shown" in output
     assert "hooks.example" not in output and "T0KEN" not in output
+
+
+def test_a_new_releases_code_is_diffed_file_by_file_against_the_serving_code(shown, tmp_path):
+    (tmp_path / "main.py").write_text("print('hello')\nprint('v2')\n")
+    (tmp_path / "added.py").write_text("ADDED = True\n")
+    live, dest = "/opt/aisha-backend/current/app", "/opt/aisha-backend/releases/new/app"
+    serving_tree = ["d root root 755 ", "f root root 644 main.py", "f root root 644 removed.py", "---",
+                    "da39a3ee5e6b4b0d3255bfef95601890afd80709  ./main.py",
+                    "da39a3ee5e6b4b0d3255bfef95601890afd80709  ./removed.py"]
+    recorded = record_operation(
+        app.mirrored_directory, {}, diff=True, name="Upload backend",
+        answers={f"cd {live} &&": serving_tree, f"&& cat {live}/main.py": ["print('hello')", "print('v1')"]},
+        src=str(tmp_path), dest=dest, user="root", group="root", mode="0644", dir_mode="0755",
+        exclude=[], exclude_dir=[], live=live,
+    )
+    output = shown()
+    assert f"Will modify {dest}/main.py" in output and f"Will create {dest}/added.py" in output
+    assert changed_lines(output) == {"- print('v1')", "+ print('v2')", "+ ADDED = True"}, output
+    assert f"Will leave out {live}/removed.py" in output
+    assert sorted(path for path, _ in recorded.uploads) == [f"{dest}/added.py", f"{dest}/main.py"]
+    assert any(f"install -d -m 0755 -o root -g root {dest}" in command for command in recorded.commands)

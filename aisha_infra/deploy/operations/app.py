@@ -17,7 +17,7 @@ from pyinfra.operations import files
 from aisha_infra.deploy import paths, rendering
 from aisha_infra.deploy.facts.files import DirectoryTree
 from aisha_infra.deploy.facts.releases import ReleaseState
-from aisha_infra.deploy.operations.uploads import show_hidden
+from aisha_infra.deploy.operations.uploads import show_diff, show_hidden, upload
 
 
 def wanted_tree(src: Path, user: str, group: str, mode: str, dir_mode: str,
@@ -59,23 +59,60 @@ def in_sync(wanted: dict, remote: dict | None, dest: str, exclude: list[str]) ->
     return all(any(fnmatch(f"{dest}/{path}", pattern) for pattern in exclude) for path in extra)
 
 
+def show_tree_diff(local: Path, wanted: dict, dest: str, live: str) -> None:
+    """Under --diff: how a new copy of `local` differs from the serving one (`live`), file by file."""
+    if not state.config.DIFF:
+        return
+    serving = host.get_fact(DirectoryTree, path=live) or {}
+    for path, entry in sorted(wanted.items()):
+        old = serving.get(path)
+        if entry[0] != "f" or (old and old[0] == "f" and old[-1] == entry[-1]):
+            continue
+        try:
+            text = (local / path).read_text()
+        except UnicodeDecodeError:
+            host.log(f"Will write {dest}/{path} (binary)", logger.info)
+            continue
+        show_diff(f"{dest}/{path}", text, live=f"{live}/{path}")
+    for path in sorted(path for path, entry in serving.items() if entry[0] == "f" and path not in wanted):
+        host.log(f"Will leave out {live}/{path} (not in {local.name}/)", logger.info)
+
+
+def copied_tree(local: Path, wanted: dict, dest: str, user: str, group: str, mode: str, dir_mode: str):
+    """The commands that copy `wanted` (wanted_tree's form) from `local` to a missing `dest`."""
+    directories = [dest] + [f"{dest}/{path}" for path, entry in sorted(wanted.items()) if path and entry[0] == "d"]
+    yield StringCommand(f"install -d -m {dir_mode} -o {shlex.quote(user)} -g {shlex.quote(group)} "
+                        + " ".join(shlex.quote(directory) for directory in directories))
+    for path, entry in sorted(wanted.items()):
+        if entry[0] == "f":
+            yield from upload(str(local / path), f"{dest}/{path}", mode, user, group)
+
+
 @operation()
 def mirrored_directory(src: str, dest: str, user: str, group: str, mode: str, dir_mode: str,
-                       exclude: list[str], exclude_dir: list[str]):
+                       exclude: list[str], exclude_dir: list[str], live: str | None = None):
     """
     files.sync(delete=True), after one fact about the whole tree shows whether it has
     anything to do: files.sync alone reads two facts per file, even when nothing changed.
+    A missing `dest` (a new release) is copied file by file, and --diff compares it with
+    `live` (the serving release's) instead of showing every file as new.
 
     + src: local directory
     + dest: directory on the host, made an exact copy of src
     + user, group, mode, dir_mode: owner and modes of every file and directory
     + exclude: file patterns (matched against the local path) neither copied nor deleted
     + exclude_dir: directory patterns (matched against the relative path) not copied
+    + live: the directory `dest` replaces, which --diff compares with (default: dest)
     """
     local = Path(state.cwd) / src if state.cwd else Path(src)  # as files.sync finds it
     wanted = wanted_tree(local, user, group, mode, dir_mode, exclude, exclude_dir)
-    if wanted is not None and in_sync(wanted, host.get_fact(DirectoryTree, path=dest), dest, exclude):
+    remote = host.get_fact(DirectoryTree, path=dest)
+    if wanted is not None and in_sync(wanted, remote, dest, exclude):
         host.noop(f"{dest} is an exact copy of {src}")
+        return
+    if wanted is not None and remote is None:
+        show_tree_diff(local, wanted, dest, live or dest)
+        yield from copied_tree(local, wanted, dest, user, group, mode, dir_mode)
         return
     yield from files.sync._inner(
         src=src, dest=dest, user=user, group=group, mode=mode, dir_mode=dir_mode,
