@@ -7,6 +7,7 @@ from aisha_infra.deploy.facts.accounts import Account
 from aisha_infra.deploy.facts.files import DirectoryTree
 from aisha_infra.deploy.operations import accounts
 from aisha_infra.deploy.operations.app import in_sync, wanted_tree
+from aisha_infra.deploy.settings import BUNDLED_BACKEND
 
 EXCLUDE, EXCLUDE_DIR = ["*.pyc", "__pycache__"], ["__pycache__", "*/__pycache__"]
 
@@ -79,3 +80,10 @@ def test_pip_only_for_requirements_that_list_packages(tmp_path):
     assert not lists_packages(requirements)
     requirements.write_text("# pinned\n--no-index\n./vendor/x-1.0-py3-none-any.whl  # vendored\n")
     assert lists_packages(requirements)
+
+
+def test_the_bundled_backend_reached_through_its_link_has_a_wanted_tree():
+    """aisha_infra/backend links to backend/: a linked top is walked, not left to files.sync."""
+    assert BUNDLED_BACKEND.is_symlink() or BUNDLED_BACKEND.is_dir()
+    wanted = wanted_tree(BUNDLED_BACKEND, "root", "root", "0644", "0755", EXCLUDE, EXCLUDE_DIR)
+    assert wanted is not None and "aisha_webhook_api/server.py" in wanted

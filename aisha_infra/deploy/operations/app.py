@@ -23,9 +23,9 @@ from aisha_infra.deploy.operations.uploads import show_diff, show_hidden, upload
 def wanted_tree(src: Path, user: str, group: str, mode: str, dir_mode: str,
                 exclude: list[str], exclude_dir: list[str]) -> dict | None:
     """What files.sync(delete=True) leaves on the host, in DirectoryTree's form, from the
-    same walk and exclusions; None when the source is missing or has symlinks (left to
-    files.sync)."""
-    if not src.is_dir() or src.is_symlink():
+    same walk and exclusions; None when the source is missing or has symlinks inside (left
+    to files.sync). `src` itself may be a link, as the repository's aisha_infra/backend is."""
+    if not src.is_dir():
         return None
     file_entry, dir_entry = ("f", user, group, f"{int(mode, 8):o}"), ("d", user, group, f"{int(dir_mode, 8):o}")
     tree = {"": dir_entry}
