@@ -174,7 +174,7 @@ def backup_service_context(s: Settings) -> dict:
         "database": s.events_database_path,
         "state_directory": s.aisha_data_dir.removeprefix("/var/lib/"),
         "staging_directory": paths.BACKUP_STAGING_DIRECTORY,
-        "staged_snapshot": f"/run/{paths.BACKUP_STAGING_DIRECTORY}/events.sqlite3",
+        "staged_snapshot": f"/run/{paths.BACKUP_STAGING_DIRECTORY}/{paths.EVENTS_DATABASE_NAME}",
         "backup_dir": s.backup_dir,
         "keep": s.backup_keep,
         "keep_days": s.events_keep_days,
