@@ -11,6 +11,7 @@ and Let's Encrypt's HTTP-01 challenge needs nginx and port 80 up first.
 from pyinfra import host
 
 from aisha_infra.deploy.config import check_supported_systems, host_settings
+from aisha_infra.deploy.prefetch import prefetch_facts
 from aisha_infra.tasks.app import deploy_app
 from aisha_infra.tasks.backup import remove_backups, restore_events, schedule_backups
 from aisha_infra.tasks.connection import send_without_delay
@@ -34,9 +35,10 @@ def deploy_webhook_host():
     names are read by people, the rollout ("App | Serve release ...") and the tests.
     Connection arguments (_sudo, ...) come from host data, as for any deploy file."""
     settings = host_settings()
+    # Every host's facts of its last run, one command each; first, Nagle off on each connection.
+    prefetch_facts(host.state, connected=send_without_delay)
     check_supported_systems(host.state)
 
-    send_without_delay()
     announce_summary()
 
     install_packages()

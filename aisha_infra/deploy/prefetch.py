@@ -1,0 +1,302 @@
+"""One round trip for the facts a converged host needs.
+
+pyinfra 3.10 keeps no fact cache: every `host.get_fact` is its own SSH command, about 75
+on a converged host. `prefetch_facts` (deploy.py calls it first) reads, in one command per
+host, every fact that host was asked for on its previous run (remembered on this machine),
+each by the fact's own command, and parses each part with the fact's own `process`;
+`host.get_fact` then answers those from memory.
+
+Sound, because what is served is what the host was when the prefetch read it:
+- as soon as an operation has run a command on the host, nothing more is served from it;
+  facts are read one by one again, and once an operation finds nothing to change the facts
+  still to come are read again in one command (at most REFILLS times a run);
+- a fact whose part failed or whose command is missing on the host, or one asked with other
+  connector arguments (another sudo user, say) than the prefetch ran with, is read the
+  normal way, with pyinfra's own error handling;
+- what is remembered only decides which facts are read at once: a stale list costs time,
+  never a wrong value. A new host name has no list: nothing is prefetched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from inspect import getcallargs
+from pathlib import Path
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import gevent
+from pyinfra import logger
+from pyinfra.api import FactBase, QuoteString, StringCommand
+from pyinfra.api.arguments import pop_global_arguments
+from pyinfra.api.facts import get_fact
+from pyinfra.api.state import BaseStateCallback
+from pyinfra.context import ctx_host
+
+REFILLS = 3  # refills after changes, a run: a fresh host changes at nearly every step
+# Facts of these modules may be named in the remembered list.
+FACT_MODULES = ("pyinfra.facts.", "aisha_infra.deploy.facts.")
+# The connector arguments that change what a command sees (who runs it, where, with what).
+_CONNECTION_KEYS = (
+    "_sudo", "_sudo_user", "_use_sudo_login", "_sudo_password", "_preserve_sudo_env",
+    "_su_user", "_use_su_login", "_preserve_su_env", "_su_shell", "_su_password",
+    "_doas", "_doas_user", "_dzdo", "_dzdo_user", "_shell_executable", "_chdir", "_env",
+)
+# pyinfra's sentinel for a fact whose required command is missing (pyinfra.api.facts).
+_MISSING_COMMAND_MARKER = "##PYINFRA_NOCMD##"
+
+
+def memory_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "aisha-infra" / "prefetch"
+
+
+def _memory_file(host_name: str) -> Path:
+    return memory_dir() / f"{hashlib.sha256(host_name.encode()).hexdigest()[:32]}.json"
+
+
+def fact_key(cls: Any, kwargs: dict) -> str | None:
+    """The memory's name for one fact asked with these arguments, or None when it is not
+    one to prefetch (global arguments given, arguments not plain data, a fact that checks
+    preconditions or needs its own shell, or one that opts out with `prefetch = False`)."""
+    if not (isinstance(cls, type) and issubclass(cls, FactBase)) or issubclass(cls, Prefetched):
+        return None
+    if not cls.__module__.startswith(FACT_MODULES) or not getattr(cls, "prefetch", True):
+        return None
+    if cls.check_preconditions is not FactBase.check_preconditions or cls.shell_executable:
+        return None
+    if any(key.startswith("_") for key in kwargs):
+        return None
+    try:
+        return json.dumps([f"{cls.__module__}:{cls.__qualname__}", kwargs], sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+
+
+def fact_from_key(key: str) -> tuple[type[FactBase], dict] | None:
+    """The fact class and arguments a remembered key names; None for anything else."""
+    try:
+        name, kwargs = json.loads(key)
+        module, _, qualname = name.partition(":")
+        if not module.startswith(FACT_MODULES) or not isinstance(kwargs, dict):
+            return None
+        cls = getattr(importlib.import_module(module), qualname)
+    except (ValueError, TypeError, ImportError, AttributeError):
+        return None
+    return (cls, kwargs) if fact_key(cls, kwargs) == key else None
+
+
+def part_command(fact: FactBase, kwargs: dict):
+    """The command pyinfra would run for this fact, guarded like pyinfra guards it when
+    the fact requires a program (pyinfra.api.facts._get_fact). Some facts keep their
+    arguments for process(): call it on the same instance."""
+    arguments = getcallargs(fact.command, **kwargs) if kwargs else {}
+    arguments.pop("self", None)
+    command = fact.command(**arguments) if callable(fact.command) else fact.command
+    requires = fact.requires_command(**arguments) if callable(fact.requires_command) else fact.requires_command
+    if requires:
+        command = StringCommand("if", "command", "-v", requires, ">/dev/null", "2>&1;", "then", "(", command,
+                                ");", "else", "echo", f"'{_MISSING_COMMAND_MARKER}';", "fi")
+    return command
+
+
+class Queries(tuple):
+    """The keys of one prefetch; printed short (pyinfra logs a fact's arguments)."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} facts>"
+
+    __str__ = __repr__
+
+
+class Prefetched(FactBase):
+    """
+    Several facts in one command; returns its stdout lines, which parse_parts splits into
+    each fact's exit status and stdout lines. Each part runs in its own subshell with stdin closed, between two marker lines that
+    carry a random nonce (no file's content can fake them).
+    """
+
+    def command(self, queries: Queries, nonce: str) -> StringCommand:
+        bits: list = []
+        for index, key in enumerate(queries):
+            cls, kwargs = fact_from_key(key)
+            bits += ["echo", QuoteString(f"@@{nonce}:{index}"), "\n(", part_command(cls(), kwargs),
+                     "\n) </dev/null\n", "echo", f'"@@{nonce}-end:{index}:$?"', "\n"]
+        return StringCommand(*bits)
+
+    def process(self, output):
+        return list(output)  # split by parse_parts, which knows the queries and nonce
+
+    @staticmethod
+    def default():
+        return []
+
+
+def parse_parts(lines: list[str], queries: Queries, nonce: str) -> dict[str, tuple[int, list[str]]]:
+    """Split the output of Prefetched into each key's (exit status, stdout lines)."""
+    parts: dict[str, tuple[int, list[str]]] = {}
+    begin, end = f"@@{nonce}:", f"@@{nonce}-end:"
+    current: list[str] | None = None
+    for line in lines:
+        if current is None:
+            current = [] if line.startswith(begin) else None
+            continue
+        at = line.find(end)
+        if at < 0:
+            current.append(line)
+            continue
+        if at > 0:  # the part's last line had no newline
+            current.append(line[:at])
+        index, _, status = line[at + len(end):].partition(":")
+        if index.isdigit() and int(index) < len(queries) and status.isdigit():
+            parts[queries[int(index)]] = (int(status), current)
+        current = None
+    return parts
+
+
+@dataclass
+class HostFacts:
+    """One host's prefetched facts and what this run asked for."""
+
+    remembered: list[str]  # keys asked on the previous run, in order (repeats kept)
+    asked: list[str] = field(default_factory=list)  # this run's, in order
+    parts: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
+    connection: tuple = ()  # the connector arguments the parts were read with
+    read_while_executing: bool = False
+    refills: int = 0
+    quiet_since_change: bool = False  # an operation ran no command since the parts were dropped
+    last_operation: str | None = None
+
+
+_HOSTS: WeakKeyDictionary = WeakKeyDictionary()  # pyinfra Host -> HostFacts
+
+
+def _connection(state, host) -> tuple:
+    arguments = host.current_op_global_arguments
+    if arguments is None:
+        arguments, _ = pop_global_arguments(state, host, {})
+    return tuple(repr(arguments.get(key)) for key in _CONNECTION_KEYS)
+
+
+def _read(state, host, facts: HostFacts, keys: list[str]) -> None:
+    queries = Queries(dict.fromkeys(key for key in keys if fact_from_key(key)))
+    facts.parts = {}
+    if not queries:
+        return
+    nonce = secrets.token_hex(8)
+    lines = get_fact(state, host, Prefetched, kwargs={"queries": queries, "nonce": nonce},
+                     apply_failed_hosts=False)  # without it, each fact is read on its own
+    facts.parts = parse_parts(lines or [], queries, nonce)
+    facts.connection = _connection(state, host)
+    facts.read_while_executing = state.is_executing
+
+
+def _serve(state, host, facts: HostFacts, cls, kwargs: dict, key: str):
+    """The fact's value from the parts, or None to read it the normal way."""
+    if facts.parts and state.is_executing and not facts.read_while_executing and state.should_check_for_changes():
+        # Read before the user confirmed the changes: maybe long ago.
+        facts.parts, facts.quiet_since_change = {}, True
+    if not facts.parts and facts.quiet_since_change and facts.refills < REFILLS:
+        still_to_come = facts.remembered[len(facts.asked) - 1:]
+        if key in still_to_come:
+            facts.refills += 1
+            facts.quiet_since_change = False
+            _read(state, host, facts, still_to_come)
+    part = facts.parts.get(key)
+    if part is None or part[0] != 0 or part[1] == [_MISSING_COMMAND_MARKER]:
+        return None
+    if _connection(state, host) != facts.connection:
+        return None
+    fact, lines = cls(), part[1]
+    part_command(fact, kwargs)
+    return (fact.process(lines) if lines else fact.default(),)
+
+
+class _Invalidate(BaseStateCallback):
+    """Drops a host's parts once an operation ran a command there; remembers at the end."""
+
+    @staticmethod
+    def operation_host_start(state, host, op_hash):
+        facts = _HOSTS.get(host)
+        if facts is None:
+            return
+        if host.executing_op_hash is not None:  # an operation run from inside another
+            facts.parts, facts.quiet_since_change = {}, False
+            return
+        if facts.last_operation is not None:
+            meta = state.ops[host][facts.last_operation].operation_meta
+            if meta.executed:
+                facts.parts, facts.quiet_since_change = {}, False
+            elif not facts.parts:
+                facts.quiet_since_change = True
+        facts.last_operation = op_hash if op_hash in state.ops[host] else None
+
+    @staticmethod
+    def host_disconnect(state, host):
+        facts = _HOSTS.get(host)
+        if facts is None or host in state.failed_hosts or not facts.asked:
+            return
+        remember(host.name, facts.asked)
+
+
+def remember(host_name: str, keys: list[str]) -> None:
+    path = _memory_file(host_name)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temporary = path.with_suffix(".new")
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            json.dump({"host": host_name, "facts": keys}, out)
+        temporary.replace(path)
+    except OSError as exc:  # only speed is lost
+        logger.debug(f"could not remember the facts of {host_name}: {exc}")
+
+
+def remembered(host_name: str) -> list[str]:
+    try:
+        data = json.loads(_memory_file(host_name).read_text())
+    except (OSError, ValueError):
+        return []
+    facts = data.get("facts") if isinstance(data, dict) and data.get("host") == host_name else None
+    return [key for key in facts if isinstance(key, str)] if isinstance(facts, list) else []
+
+
+def _attach(state, host) -> HostFacts:
+    facts = HostFacts(remembered(host.name))
+    _HOSTS[host] = facts
+    original = host.get_fact
+
+    def get_fact_prefetched(cls, *args, **kwargs):
+        key = None if args else fact_key(cls, kwargs)
+        if key is None:
+            return original(cls, *args, **kwargs)
+        facts.asked.append(key)
+        served = _serve(state, host, facts, cls, kwargs, key)
+        return served[0] if served is not None else original(cls, **kwargs)
+
+    host.get_fact = get_fact_prefetched  # this host only; pyinfra's own path for the rest
+    return facts
+
+
+def prefetch_facts(state, connected=None) -> None:
+    """Read every active host's remembered facts, all hosts at once; once a run.
+    `connected()`, if given, runs first for each host, in its context (socket options)."""
+    hosts = [host for host in state.inventory.get_active_hosts() if host not in _HOSTS]
+    if not hosts:
+        return
+    if not any(isinstance(handler, _Invalidate) for handler in state.callback_handlers):
+        state.add_callback_handler(_Invalidate())
+
+    def prefetch(host) -> None:
+        facts = _attach(state, host)
+        with ctx_host.use(host):
+            if connected:
+                connected()
+            if facts.remembered:
+                _read(state, host, facts, facts.remembered)
+
+    gevent.joinall([gevent.spawn(prefetch, host) for host in hosts], raise_error=True)
