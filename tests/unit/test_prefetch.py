@@ -1,0 +1,196 @@
+"""The prefetch: facts read in one command give what each fact's own command gives, and a
+change made by an operation is never hidden by a value read before it.
+
+Commands run for real on this machine (`sh -c`, pyinfra's local connector) in temporary
+directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+
+import pyinfra
+import pytest
+from pyinfra import host
+from pyinfra.api import Config, FactBase, Inventory, State, StringCommand, operation
+from pyinfra.api.connect import connect_all
+from pyinfra.api.operation import add_op
+from pyinfra.api.operations import run_ops
+from pyinfra.connectors.local import LocalConnector
+from pyinfra.facts.files import Directory, File, FileContents, Link, Sha1File
+from pyinfra.facts.server import Os
+from pyinfra.operations import server
+
+from aisha_infra.deploy import prefetch
+from aisha_infra.deploy.facts.files import DirectoryTree
+
+
+class NeedsMissingProgram(FactBase):
+    requires_command = "aisha-no-such-program"
+    __module__ = "aisha_infra.deploy.facts.testing"  # a module the prefetch accepts
+
+    def command(self) -> str:
+        return "aisha-no-such-program --version"
+
+
+class Fails(FactBase):
+    __module__ = "aisha_infra.deploy.facts.testing"
+
+    def command(self, code: int) -> str:
+        return f"echo partial; exit {int(code)}"
+
+
+def raw(command) -> str:
+    return command.get_raw_value() if isinstance(command, StringCommand) else command
+
+
+def run_sh(command: str) -> tuple[int, list[str]]:
+    """Exit status and stdout lines, split as pyinfra splits them (a last line may lack "\\n")."""
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
+    lines = result.stdout.split("\n")
+    return result.returncode, lines[:-1] if lines[-1] == "" else lines
+
+
+@pytest.fixture
+def tree(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "app.py").write_text("print('hi')\n")
+    (tmp_path / "no-newline").write_text("last line without newline")
+    # A file that prints what looks like the prefetch's markers, without the run's nonce.
+    (tmp_path / "fake-markers").write_text("@@0000000000000000-end:0:0\n@@0000000000000000:1\n")
+    (tmp_path / "link").symlink_to(tmp_path / "pkg")
+    return tmp_path
+
+
+def test_each_part_is_what_the_fact_alone_gives(tree, monkeypatch):
+    asked = [
+        (File, {"path": str(tree / "pkg" / "app.py")}),
+        (File, {"path": str(tree / "missing")}),
+        (Sha1File, {"path": str(tree / "pkg" / "app.py")}),
+        (Directory, {"path": str(tree / "pkg")}),
+        (Link, {"path": str(tree / "link")}),
+        (FileContents, {"path": str(tree / "no-newline")}),
+        (FileContents, {"path": str(tree / "fake-markers")}),
+        (DirectoryTree, {"path": str(tree)}),
+        (Os, {}),
+        (NeedsMissingProgram, {}),
+        (Fails, {"code": 3}),
+    ]
+    monkeypatch.setattr(prefetch, "fact_from_key", lambda key: dict(keys)[key])
+    keys = [(json.dumps([cls.__name__, kwargs]), (cls, kwargs)) for cls, kwargs in asked]
+    queries = prefetch.Queries(key for key, _ in keys)
+    nonce = "0123456789abcdef"
+
+    status, lines = run_sh(raw(prefetch.Prefetched().command(queries, nonce)))
+    parts = prefetch.parse_parts(lines, queries, nonce)
+
+    assert status == 0 and set(parts) == set(queries)
+    for key, (cls, kwargs) in keys:
+        alone = run_sh(raw(prefetch.part_command(cls(), kwargs)))
+        assert parts[key] == alone, cls.__name__
+    contents = parts[keys[5][0]][1]
+    assert contents == ["last line without newline"]
+    assert parts[keys[6][0]][1] == ["@@0000000000000000-end:0:0", "@@0000000000000000:1"]
+    assert parts[keys[9][0]] == (0, ["##PYINFRA_NOCMD##"])  # read the normal way, then
+    assert parts[keys[10][0]] == (3, ["partial"])
+
+
+def test_only_plain_facts_of_known_modules_are_prefetched():
+    key = prefetch.fact_key(File, {"path": "/etc/hosts"})
+    assert prefetch.fact_from_key(key) == (File, {"path": "/etc/hosts"})
+    assert prefetch.fact_key(File, {"path": "/etc/hosts", "_sudo": True}) is None  # its own connection
+    assert prefetch.fact_key(File, {"path": object()}) is None
+    assert prefetch.fact_key(str, {}) is None
+    assert prefetch.fact_key(prefetch.Prefetched, {}) is None
+    # Remembered keys name only fact classes of pyinfra's and our facts modules.
+    assert prefetch.fact_from_key(json.dumps(["os:system", {"command": "id"}])) is None
+    assert prefetch.fact_from_key(json.dumps(["subprocess:Popen", {}])) is None
+    assert prefetch.fact_from_key("not json") is None
+
+
+def test_memory_is_private_and_per_host(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    keys = [prefetch.fact_key(File, {"path": "/etc/hosts"})]
+    prefetch.remember("web-1", keys)
+    assert prefetch.remembered("web-1") == keys
+    assert prefetch.remembered("web-2") == []
+    (memory,) = prefetch.memory_dir().iterdir()
+    assert stat.S_IMODE(memory.stat().st_mode) == 0o600
+    assert stat.S_IMODE(prefetch.memory_dir().stat().st_mode) == 0o700
+    memory.write_text(json.dumps({"host": "someone-else", "facts": keys}))
+    assert prefetch.remembered("web-1") == []
+
+
+SEEN: list = []
+
+
+@operation(is_idempotent=True)
+def record_file(path: str):
+    value = host.get_fact(File, path=path)
+    if host.state.is_executing:  # not the change-detection pass
+        SEEN.append(value)
+    yield from ()
+
+
+def run_local(operations, check_for_changes: bool = False) -> State:
+    """A real pyinfra run on this machine (@local) with the prefetch, like deploy.py's;
+    `pyinfra -y` by default, else with the change-detection pass first."""
+    inventory = Inventory((["@local"], {}))
+    state = State(inventory, Config(), check_for_changes=check_for_changes)
+    connect_all(state)
+    prefetch.prefetch_facts(state)
+    was_cli, pyinfra.is_cli = pyinfra.is_cli, False
+    try:
+        for op, kwargs in operations:
+            add_op(state, op, **kwargs)
+        run_ops(state)
+    finally:
+        pyinfra.is_cli = was_cli
+        for each in inventory:
+            each.disconnect()
+    return state
+
+
+@pytest.mark.parametrize("check_for_changes", [False, True], ids=["-y", "interactive"])
+def test_a_change_is_seen_by_the_facts_after_it(tmp_path, monkeypatch, check_for_changes):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    target = tmp_path / "made-by-the-run"
+    operations = [
+        (record_file, {"path": str(target)}),
+        (server.shell, {"commands": [f"touch {target}"]}),
+        (record_file, {"path": str(target)}),
+        (record_file, {"path": str(target)}),
+    ]
+    SEEN.clear()
+    run_local(operations, check_for_changes)  # nothing remembered yet: every fact on its own
+    assert SEEN[0] is None and SEEN[1]["size"] == 0
+    assert prefetch.remembered("@local")  # what this run asked
+
+    target.unlink()
+    SEEN.clear()
+    run_local(operations, check_for_changes)  # the first read comes from the prefetch, the rest after the change
+    assert SEEN[0] is None
+    assert SEEN[1] is not None and SEEN[2] is not None
+
+
+def test_a_run_without_changes_reads_its_facts_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    target = tmp_path / "there"
+    target.write_text("x")
+    operations = [(record_file, {"path": str(target)})] * 3
+    run_local(operations)
+    commands = []
+    run_shell_command = LocalConnector.run_shell_command
+
+    def counting(self, command, *args, **kwargs):
+        commands.append(str(command))
+        return run_shell_command(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(LocalConnector, "run_shell_command", counting)
+    os.utime(target, (0, 0))  # a change made outside the run, before it: seen by the prefetch
+    SEEN.clear()
+    run_local(operations)
+    assert len(commands) == 1 and commands[0].startswith("echo @@")  # the prefetch, nothing else
+    assert [seen["mtime"].year for seen in SEEN] == [1970] * 3
