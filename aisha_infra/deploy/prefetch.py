@@ -14,7 +14,8 @@ Sound, because what is served is what the host was when the prefetch read it:
   connector arguments (another sudo user, say) than the prefetch ran with, is read the
   normal way, with pyinfra's own error handling;
 - what is remembered only decides which facts are read at once: a stale list costs time,
-  never a wrong value. A new host name has no list: nothing is prefetched.
+  never a wrong value. A new host name has no list, and a new machine under a known name
+  (another /etc/machine-id) is not read from it: nothing is prefetched, that run.
 """
 
 from __future__ import annotations
@@ -117,12 +118,14 @@ class Queries(tuple):
 class Prefetched(FactBase):
     """
     Several facts in one command; returns its stdout lines, which parse_parts splits into
-    each fact's exit status and stdout lines. Each part runs in its own subshell with stdin closed, between two marker lines that
-    carry a random nonce (no file's content can fake them).
+    the host's machine id and each fact's exit status and stdout lines. Each part runs in
+    its own subshell with stdin closed, between two marker lines that carry a random nonce
+    (no file's content can fake them). When the host is not `machine`, only its id is read.
     """
 
-    def command(self, queries: Queries, nonce: str) -> StringCommand:
-        bits: list = []
+    def command(self, queries: Queries, nonce: str, machine: str) -> StringCommand:
+        bits: list = ["m=$(cat /etc/machine-id 2>/dev/null);", "echo", f'"@@{nonce}-machine:$m";',
+                      "test", '"$m"', "=", QuoteString(machine), "||", "exit", "0", "\n"]
         for index, key in enumerate(queries):
             cls, kwargs = fact_from_key(key)
             bits += ["echo", QuoteString(f"@@{nonce}:{index}"), "\n(", part_command(cls(), kwargs),
@@ -137,10 +140,12 @@ class Prefetched(FactBase):
         return []
 
 
-def parse_parts(lines: list[str], queries: Queries, nonce: str) -> dict[str, tuple[int, list[str]]]:
-    """Split the output of Prefetched into each key's (exit status, stdout lines)."""
+def parse_parts(lines: list[str], queries: Queries, nonce: str) -> tuple[str | None, dict[str, tuple[int, list[str]]]]:
+    """Split the output of Prefetched into the machine id and each key's (exit status,
+    stdout lines)."""
     parts: dict[str, tuple[int, list[str]]] = {}
-    begin, end = f"@@{nonce}:", f"@@{nonce}-end:"
+    begin, end, machine_line = f"@@{nonce}:", f"@@{nonce}-end:", f"@@{nonce}-machine:"
+    machine = next((line.removeprefix(machine_line) for line in lines[:1] if line.startswith(machine_line)), None)
     current: list[str] | None = None
     for line in lines:
         if current is None:
@@ -156,15 +161,17 @@ def parse_parts(lines: list[str], queries: Queries, nonce: str) -> dict[str, tup
         if index.isdigit() and int(index) < len(queries) and status.isdigit():
             parts[queries[int(index)]] = (int(status), current)
         current = None
-    return parts
+    return machine, parts
 
 
 @dataclass
 class HostFacts:
     """One host's prefetched facts and what this run asked for."""
 
+    machine: str  # the /etc/machine-id of the host remembered under this name
     remembered: list[str]  # keys asked on the previous run, in order (repeats kept)
     asked: list[str] = field(default_factory=list)  # this run's, in order
+    following: int = 0  # how far this run followed the remembered order (past extra facts)
     parts: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
     connection: tuple = ()  # the connector arguments the parts were read with
     read_while_executing: bool = False
@@ -185,13 +192,12 @@ def _connection(state, host) -> tuple:
 
 def _read(state, host, facts: HostFacts, keys: list[str]) -> None:
     queries = Queries(dict.fromkeys(key for key in keys if fact_from_key(key)))
-    facts.parts = {}
-    if not queries:
-        return
     nonce = secrets.token_hex(8)
-    lines = get_fact(state, host, Prefetched, kwargs={"queries": queries, "nonce": nonce},
+    lines = get_fact(state, host, Prefetched, kwargs={"queries": queries, "nonce": nonce, "machine": facts.machine},
                      apply_failed_hosts=False)  # without it, each fact is read on its own
-    facts.parts = parse_parts(lines or [], queries, nonce)
+    machine, facts.parts = parse_parts(lines or [], queries, nonce)
+    if machine is not None and machine != facts.machine:  # another machine: no refills either
+        facts.machine, facts.remembered, facts.refills = machine, [], REFILLS
     facts.connection = _connection(state, host)
     facts.read_while_executing = state.is_executing
 
@@ -202,8 +208,8 @@ def _serve(state, host, facts: HostFacts, cls, kwargs: dict, key: str):
         # Read before the user confirmed the changes: maybe long ago.
         facts.parts, facts.quiet_since_change = {}, True
     if not facts.parts and facts.quiet_since_change and facts.refills < REFILLS:
-        still_to_come = facts.remembered[len(facts.asked) - 1:]
-        if key in still_to_come:
+        still_to_come = facts.remembered[facts.following - 1:]
+        if still_to_come[:1] == [key]:
             facts.refills += 1
             facts.quiet_since_change = False
             _read(state, host, facts, still_to_come)
@@ -241,32 +247,35 @@ class _Invalidate(BaseStateCallback):
         facts = _HOSTS.get(host)
         if facts is None or host in state.failed_hosts or not facts.asked:
             return
-        remember(host.name, facts.asked)
+        remember(host.name, facts.machine, facts.asked)
 
 
-def remember(host_name: str, keys: list[str]) -> None:
+def remember(host_name: str, machine: str, keys: list[str]) -> None:
     path = _memory_file(host_name)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         temporary = path.with_suffix(".new")
         with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
-            json.dump({"host": host_name, "facts": keys}, out)
+            json.dump({"host": host_name, "machine": machine, "facts": keys}, out)
         temporary.replace(path)
     except OSError as exc:  # only speed is lost
         logger.debug(f"could not remember the facts of {host_name}: {exc}")
 
 
-def remembered(host_name: str) -> list[str]:
+def remembered(host_name: str) -> tuple[str, list[str]]:
+    """The machine id and the facts remembered for a host name; ("", []) when none."""
     try:
         data = json.loads(_memory_file(host_name).read_text())
     except (OSError, ValueError):
-        return []
-    facts = data.get("facts") if isinstance(data, dict) and data.get("host") == host_name else None
-    return [key for key in facts if isinstance(key, str)] if isinstance(facts, list) else []
+        return "", []
+    if not isinstance(data, dict) or data.get("host") != host_name or not isinstance(data.get("machine"), str):
+        return "", []
+    facts = data.get("facts")
+    return data["machine"], [key for key in facts if isinstance(key, str)] if isinstance(facts, list) else []
 
 
 def _attach(state, host) -> HostFacts:
-    facts = HostFacts(remembered(host.name))
+    facts = HostFacts(*remembered(host.name))
     _HOSTS[host] = facts
     original = host.get_fact
 
@@ -275,6 +284,8 @@ def _attach(state, host) -> HostFacts:
         if key is None:
             return original(cls, *args, **kwargs)
         facts.asked.append(key)
+        if key in facts.remembered[facts.following:]:
+            facts.following = facts.remembered.index(key, facts.following) + 1
         served = _serve(state, host, facts, cls, kwargs, key)
         return served[0] if served is not None else original(cls, **kwargs)
 
@@ -282,21 +293,24 @@ def _attach(state, host) -> HostFacts:
     return facts
 
 
+_READS: WeakKeyDictionary = WeakKeyDictionary()  # pyinfra State -> the prefetch greenlets
+
+
 def prefetch_facts(state, connected=None) -> None:
-    """Read every active host's remembered facts, all hosts at once; once a run.
+    """Read every active host's remembered facts, all hosts at once; once a run. pyinfra
+    runs deploy.py for each host at the same time: every call waits for the same reads.
     `connected()`, if given, runs first for each host, in its context (socket options)."""
-    hosts = [host for host in state.inventory.get_active_hosts() if host not in _HOSTS]
-    if not hosts:
-        return
     if not any(isinstance(handler, _Invalidate) for handler in state.callback_handlers):
         state.add_callback_handler(_Invalidate())
 
-    def prefetch(host) -> None:
-        facts = _attach(state, host)
+    def prefetch(host, facts: HostFacts) -> None:
         with ctx_host.use(host):
             if connected:
                 connected()
-            if facts.remembered:
-                _read(state, host, facts, facts.remembered)
+            _read(state, host, facts, facts.remembered)  # a new host: its machine id only
 
-    gevent.joinall([gevent.spawn(prefetch, host) for host in hosts], raise_error=True)
+    reads = _READS.setdefault(state, [])
+    for host in state.inventory.get_active_hosts():
+        if host not in _HOSTS:
+            reads.append(gevent.spawn(prefetch, host, _attach(state, host)))
+    gevent.joinall(reads, raise_error=True)

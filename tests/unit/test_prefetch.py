@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import subprocess
+from pathlib import Path
 
 import pyinfra
 import pytest
@@ -81,12 +82,12 @@ def test_each_part_is_what_the_fact_alone_gives(tree, monkeypatch):
     monkeypatch.setattr(prefetch, "fact_from_key", lambda key: dict(keys)[key])
     keys = [(json.dumps([cls.__name__, kwargs]), (cls, kwargs)) for cls, kwargs in asked]
     queries = prefetch.Queries(key for key, _ in keys)
-    nonce = "0123456789abcdef"
+    nonce, machine = "0123456789abcdef", Path("/etc/machine-id").read_text().strip()
 
-    status, lines = run_sh(raw(prefetch.Prefetched().command(queries, nonce)))
-    parts = prefetch.parse_parts(lines, queries, nonce)
+    status, lines = run_sh(raw(prefetch.Prefetched().command(queries, nonce, machine)))
+    seen_machine, parts = prefetch.parse_parts(lines, queries, nonce)
 
-    assert status == 0 and set(parts) == set(queries)
+    assert status == 0 and seen_machine == machine and set(parts) == set(queries)
     for key, (cls, kwargs) in keys:
         alone = run_sh(raw(prefetch.part_command(cls(), kwargs)))
         assert parts[key] == alone, cls.__name__
@@ -95,6 +96,10 @@ def test_each_part_is_what_the_fact_alone_gives(tree, monkeypatch):
     assert parts[keys[6][0]][1] == ["@@0000000000000000-end:0:0", "@@0000000000000000:1"]
     assert parts[keys[9][0]] == (0, ["##PYINFRA_NOCMD##"])  # read the normal way, then
     assert parts[keys[10][0]] == (3, ["partial"])
+
+    # Another machine under the name: its id, and nothing read.
+    status, lines = run_sh(raw(prefetch.Prefetched().command(queries, nonce, "another-machine")))
+    assert prefetch.parse_parts(lines, queries, nonce) == (machine, {})
 
 
 def test_only_plain_facts_of_known_modules_are_prefetched():
@@ -113,14 +118,14 @@ def test_only_plain_facts_of_known_modules_are_prefetched():
 def test_memory_is_private_and_per_host(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     keys = [prefetch.fact_key(File, {"path": "/etc/hosts"})]
-    prefetch.remember("web-1", keys)
-    assert prefetch.remembered("web-1") == keys
-    assert prefetch.remembered("web-2") == []
+    prefetch.remember("web-1", "0a1b", keys)
+    assert prefetch.remembered("web-1") == ("0a1b", keys)
+    assert prefetch.remembered("web-2") == ("", [])
     (memory,) = prefetch.memory_dir().iterdir()
     assert stat.S_IMODE(memory.stat().st_mode) == 0o600
     assert stat.S_IMODE(prefetch.memory_dir().stat().st_mode) == 0o700
-    memory.write_text(json.dumps({"host": "someone-else", "facts": keys}))
-    assert prefetch.remembered("web-1") == []
+    memory.write_text(json.dumps({"host": "someone-else", "machine": "0a1b", "facts": keys}))
+    assert prefetch.remembered("web-1") == ("", [])
 
 
 SEEN: list = []
@@ -166,7 +171,7 @@ def test_a_change_is_seen_by_the_facts_after_it(tmp_path, monkeypatch, check_for
     SEEN.clear()
     run_local(operations, check_for_changes)  # nothing remembered yet: every fact on its own
     assert SEEN[0] is None and SEEN[1]["size"] == 0
-    assert prefetch.remembered("@local")  # what this run asked
+    assert prefetch.remembered("@local")[1]  # what this run asked
 
     target.unlink()
     SEEN.clear()
@@ -192,5 +197,5 @@ def test_a_run_without_changes_reads_its_facts_once(tmp_path, monkeypatch):
     os.utime(target, (0, 0))  # a change made outside the run, before it: seen by the prefetch
     SEEN.clear()
     run_local(operations)
-    assert len(commands) == 1 and commands[0].startswith("echo @@")  # the prefetch, nothing else
+    assert len(commands) == 1 and "machine-id" in commands[0]  # the prefetch, nothing else
     assert [seen["mtime"].year for seen in SEEN] == [1970] * 3
