@@ -14,8 +14,8 @@ Sound, because what is served is what the host was when the prefetch read it:
   connector arguments (another sudo user, say) than the prefetch ran with, is read the
   normal way, with pyinfra's own error handling;
 - what is remembered only decides which facts are read at once: a stale list costs time,
-  never a wrong value. A new host name has no list, and a new machine under a known name
-  (another /etc/machine-id) is not read from it: nothing is prefetched, that run.
+  never a wrong value. A new host (name and address) has no list, and a new machine under
+  a known one (another /etc/machine-id) is not read from it: nothing is prefetched, that run.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from inspect import getcallargs
@@ -38,6 +39,7 @@ from pyinfra.api.arguments import pop_global_arguments
 from pyinfra.api.facts import get_fact
 from pyinfra.api.state import BaseStateCallback
 from pyinfra.context import ctx_host
+from pyinfra.facts.files import LINUX_STAT_COMMAND, Directory, File, Link, Sha1File
 
 REFILLS = 3  # refills after changes, a run: a fresh host changes at nearly every step
 # Facts of these modules may be named in the remembered list.
@@ -55,6 +57,11 @@ _MISSING_COMMAND_MARKER = "##PYINFRA_NOCMD##"
 def memory_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "aisha-infra" / "prefetch"
+
+
+def memory_name(host) -> str:
+    """A host as remembered: its inventory name and the address it is reached at."""
+    return f"{host.name} {host.data.get('ssh_hostname') or host.name}"
 
 
 def _memory_file(host_name: str) -> Path:
@@ -115,18 +122,53 @@ class Queries(tuple):
     __str__ = __repr__
 
 
+# pyinfra's File, Link and Directory facts print one GNU `stat` line per path (nothing for a
+# missing one), Sha1File sha1sum's line: for plain paths, one stat and one sha1sum give every
+# path's line, named by the path (stat's %n, sha1sum's own) instead of a process each.
+# A path that is always there (stat) and a file that is always readable (sha1sum) go
+# first: without their line, the batch failed and its facts are read the normal way.
+_STAT_FORMAT = LINUX_STAT_COMMAND.split("'")[1]
+_PLAIN_PATH = re.compile(r"^/[A-Za-z0-9/._+-]*$")
+_STAT_SENTINEL, _SHA1_SENTINEL = "/", "/dev/null"
+
+
+def batched(queries: Queries) -> tuple[dict[str, str], dict[str, str]]:
+    """The keys read by the one stat and the one sha1sum: {key: path} each."""
+    stat, sha1 = {}, {}
+    for key in queries:
+        cls, kwargs = fact_from_key(key)
+        path = kwargs.get("path")
+        if set(kwargs) != {"path"} or not isinstance(path, str) or not _PLAIN_PATH.match(path):
+            continue
+        if cls in (File, Link, Directory):
+            stat[key] = path
+        elif cls is Sha1File:
+            sha1[key] = path
+    return stat, sha1
+
+
 class Prefetched(FactBase):
     """
     Several facts in one command; returns its stdout lines, which parse_parts splits into
     the host's machine id and each fact's exit status and stdout lines. Each part runs in
     its own subshell with stdin closed, between two marker lines that carry a random nonce
-    (no file's content can fake them). When the host is not `machine`, only its id is read.
+    (no file's content can fake them); plain file facts come from one stat and one sha1sum
+    (see batched). When the host is not `machine`, only its id is read.
     """
 
     def command(self, queries: Queries, nonce: str, machine: str) -> StringCommand:
         bits: list = ["m=$(cat /etc/machine-id 2>/dev/null);", "echo", f'"@@{nonce}-machine:$m";',
                       "test", '"$m"', "=", QuoteString(machine), "||", "exit", "0", "\n"]
+        stat, sha1 = batched(queries)
+        if stat:
+            bits += ["echo", f"@@{nonce}-stat;", "stat", "-c", QuoteString(f"%n|{_STAT_FORMAT}"), "--",
+                     _STAT_SENTINEL, *sorted(set(stat.values())), "2>/dev/null", "</dev/null;", "echo", f"@@{nonce}-stat-end", "\n"]
+        if sha1:
+            bits += ["echo", f"@@{nonce}-sha1;", "sha1sum", "--", _SHA1_SENTINEL, *sorted(set(sha1.values())),
+                     "2>/dev/null", "</dev/null;", "echo", f"@@{nonce}-sha1-end", "\n"]
         for index, key in enumerate(queries):
+            if key in stat or key in sha1:
+                continue
             cls, kwargs = fact_from_key(key)
             bits += ["echo", QuoteString(f"@@{nonce}:{index}"), "\n(", part_command(cls(), kwargs),
                      "\n) </dev/null\n", "echo", f'"@@{nonce}-end:{index}:$?"', "\n"]
@@ -146,6 +188,19 @@ def parse_parts(lines: list[str], queries: Queries, nonce: str) -> tuple[str | N
     parts: dict[str, tuple[int, list[str]]] = {}
     begin, end, machine_line = f"@@{nonce}:", f"@@{nonce}-end:", f"@@{nonce}-machine:"
     machine = next((line.removeprefix(machine_line) for line in lines[:1] if line.startswith(machine_line)), None)
+    stat, sha1 = batched(queries)
+    stat_lines, sha1_lines = _section(lines, f"@@{nonce}-stat"), _section(lines, f"@@{nonce}-sha1")
+    if stat_lines is not None:
+        by_path = {}
+        for line in stat_lines:
+            path, _, rest = line.partition("|")
+            by_path[path] = rest
+        if _STAT_SENTINEL in by_path:
+            parts.update({key: (0, [by_path[path]] if path in by_path else []) for key, path in stat.items()})
+    if sha1_lines is not None:
+        by_path = {line.partition("  ")[2]: line for line in sha1_lines}
+        if _SHA1_SENTINEL in by_path:
+            parts.update({key: (0, [by_path[path]] if path in by_path else []) for key, path in sha1.items()})
     current: list[str] | None = None
     for line in lines:
         if current is None:
@@ -162,6 +217,14 @@ def parse_parts(lines: list[str], queries: Queries, nonce: str) -> tuple[str | N
             parts[queries[int(index)]] = (int(status), current)
         current = None
     return machine, parts
+
+
+def _section(lines: list[str], marker: str) -> list[str] | None:
+    """The lines between `marker` and `marker-end`; None when it did not finish."""
+    if marker not in lines or f"{marker}-end" not in lines:
+        return None
+    start = lines.index(marker) + 1
+    return lines[start:lines.index(f"{marker}-end", start)]
 
 
 @dataclass
@@ -247,7 +310,7 @@ class _Invalidate(BaseStateCallback):
         facts = _HOSTS.get(host)
         if facts is None or host in state.failed_hosts or not facts.asked:
             return
-        remember(host.name, facts.machine, facts.asked)
+        remember(memory_name(host), facts.machine, facts.asked)
 
 
 def remember(host_name: str, machine: str, keys: list[str]) -> None:
@@ -275,7 +338,7 @@ def remembered(host_name: str) -> tuple[str, list[str]]:
 
 
 def _attach(state, host) -> HostFacts:
-    facts = HostFacts(*remembered(host.name))
+    facts = HostFacts(*remembered(memory_name(host)))
     _HOSTS[host] = facts
     original = host.get_fact
 

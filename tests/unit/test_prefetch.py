@@ -62,6 +62,7 @@ def tree(tmp_path):
     # A file that prints what looks like the prefetch's markers, without the run's nonce.
     (tmp_path / "fake-markers").write_text("@@0000000000000000-end:0:0\n@@0000000000000000:1\n")
     (tmp_path / "link").symlink_to(tmp_path / "pkg")
+    (tmp_path / "with space").write_text("not a plain path: read in its own part\n")
     return tmp_path
 
 
@@ -78,6 +79,13 @@ def test_each_part_is_what_the_fact_alone_gives(tree, monkeypatch):
         (Os, {}),
         (NeedsMissingProgram, {}),
         (Fails, {"code": 3}),
+        # plain paths: one stat and one sha1sum for all of them
+        (Sha1File, {"path": str(tree / "missing")}),
+        (Sha1File, {"path": str(tree / "pkg")}),
+        (Directory, {"path": str(tree / "missing")}),
+        (File, {"path": str(tree / "link")}),
+        (File, {"path": str(tree / "with space")}),
+        (Sha1File, {"path": str(tree / "with space")}),
     ]
     monkeypatch.setattr(prefetch, "fact_from_key", lambda key: dict(keys)[key])
     keys = [(json.dumps([cls.__name__, kwargs]), (cls, kwargs)) for cls, kwargs in asked]
@@ -88,6 +96,8 @@ def test_each_part_is_what_the_fact_alone_gives(tree, monkeypatch):
     seen_machine, parts = prefetch.parse_parts(lines, queries, nonce)
 
     assert status == 0 and seen_machine == machine and set(parts) == set(queries)
+    stat, sha1 = prefetch.batched(queries)
+    assert len(stat) == 6 and len(sha1) == 3  # the plain paths
     for key, (cls, kwargs) in keys:
         alone = run_sh(raw(prefetch.part_command(cls(), kwargs)))
         assert parts[key] == alone, cls.__name__
@@ -171,7 +181,7 @@ def test_a_change_is_seen_by_the_facts_after_it(tmp_path, monkeypatch, check_for
     SEEN.clear()
     run_local(operations, check_for_changes)  # nothing remembered yet: every fact on its own
     assert SEEN[0] is None and SEEN[1]["size"] == 0
-    assert prefetch.remembered("@local")[1]  # what this run asked
+    assert prefetch.remembered("@local @local")[1]  # what this run asked
 
     target.unlink()
     SEEN.clear()
