@@ -104,6 +104,9 @@ class ServedCertificate(FactBase):
     """
 
     requires_command = "openssl"
+    # Read on its own when verify asks (aisha_infra/deploy/prefetch.py): right after a reload
+    # it waits for nginx to hand over, which a prefetch made before the reload cannot see.
+    prefetch = False
 
     def command(self, port: int, domain: str, config: str) -> str:
         return _SERVED_VS_CONFIGURED.format(
