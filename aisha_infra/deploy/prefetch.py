@@ -1,7 +1,7 @@
 """One round trip for the facts a converged host needs.
 
 pyinfra 3.10 keeps no fact cache: every `host.get_fact` is its own SSH command, about 75
-on a converged host. `prefetch_facts` (deploy.py calls it first) reads, in one command per
+on a converged host. `prefetch_facts` (tasks/webhook_host.py calls it first) reads, in one command per
 host, every fact that host was asked for on its previous run (remembered on this machine),
 each by the fact's own command, and parses each part with the fact's own `process`;
 `host.get_fact` then answers those from memory.
@@ -270,7 +270,7 @@ def _serve(state, host, facts: HostFacts, cls, kwargs: dict, key: str):
     if facts.parts and state.is_executing and not facts.read_while_executing and state.should_check_for_changes():
         # Read before the user confirmed the changes: maybe long ago.
         facts.parts, facts.quiet_since_change = {}, True
-    if not facts.parts and facts.quiet_since_change and facts.refills < REFILLS:
+    if not facts.parts and facts.quiet_since_change and facts.refills < REFILLS and facts.following:
         still_to_come = facts.remembered[facts.following - 1:]
         if still_to_come[:1] == [key]:
             facts.refills += 1
