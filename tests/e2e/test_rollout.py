@@ -22,7 +22,7 @@ from aisha_infra.lab.hosts import LabHost
 from aisha_infra.deploy.paths import NGINX_SITE_PATH, SERVICE_UNIT_PATH, SOCKET_UNIT_PATH
 from tests.project import PROJECT_ROOT
 from tests.e2e.conftest import DOMAIN
-from tests.e2e.deploylib import run_deploy, write_hosts_file
+from tests.e2e.deploylib import PYINFRA, DeployRun, run_deploy, write_hosts_file
 
 pytestmark = pytest.mark.e2e
 AISHA_INFRA = str(Path(sys.executable).with_name("aisha-infra"))
@@ -163,6 +163,35 @@ def test_second_rollout_changes_nothing(fleet):
     for host in fleet.hosts:
         line = next(line for line in summary.splitlines() if line.startswith(f"  {host.name} "))
         assert " unchanged (" in line and "gate passed" in line, line
+
+
+def test_an_inventory_split_over_processes_converges_each_slice(fleet):
+    """One pyinfra process drives every host on one core (bench/README.md: CPU-bound past a
+    few hosts); the documented way to use more cores is a process per slice of the hosts
+    file (`--limit`). Two at once over the same file: each checks only its own host, changes
+    nothing on a converged one, and reports only its own host."""
+    hosts_file = fleet.hosts_file()
+    env = {**os.environ, "AISHA_HOSTS": str(hosts_file)}
+    processes = {
+        host.name: subprocess.Popen([PYINFRA, "-y", "--limit", host.name, "inventory.py", "deploy.py"],
+                                    cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, text=True)
+        for host in fleet.production
+    }
+    try:
+        runs = {name: DeployRun(0, process.communicate(timeout=300)[0]) for name, process in processes.items()}
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for name, run in runs.items():
+        run.returncode = processes[name].returncode
+        run.check()
+        assert run.totals["changed"] == 0, run.changed_operations
+        assert f"aisha-infra summary [{name}] TLS OK" in run.output
+        others = [host.name for host in fleet.hosts if host.name != name]
+        assert not [other for other in others if f"[{other}]" in run.output], run.output[-3000:]
 
 
 def test_limit_canary_deploys_while_a_production_entry_is_broken(fleet):
