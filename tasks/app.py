@@ -1,8 +1,11 @@
 import glob
 import hashlib
 from pathlib import Path
+from typing import NamedTuple
 
+from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import files, server, systemd
 
 from aisha_infra.deploy import paths, rendering
@@ -17,16 +20,38 @@ from aisha_infra.deploy.operations.app import (
     virtualenv,
 )
 from aisha_infra.deploy.operations.uploads import text_file
-from aisha_infra.deploy.settings import DEFAULTS
+from aisha_infra.deploy.settings import DEFAULTS, Settings
 
 UPLOAD_EXCLUDE = ["*.pyc", "__pycache__", ".git", ".venv"]
 UPLOAD_EXCLUDE_DIR = ["__pycache__", "*/__pycache__", ".git", ".venv", ".pytest_cache"]
 
 
+class StagedRelease(NamedTuple):
+    release: str  # <base>/releases/<release>
+    unit_sha1: str  # of its aisha-api.service
+
+
+def packages_to_serve(settings: Settings) -> list[str]:
+    """The Debian packages the app needs before it can start: the bundled app without
+    requirements runs on python3 alone, plus python3-cryptography to verify signatures
+    (imported only then); a backend of your own may import any, and pip needs python3-venv."""
+    if settings.uses_bundled_app and not lists_packages(settings.app_source_dir / "requirements.txt"):
+        return ["python3"] + (["python3-cryptography"] if settings.verifies_signatures else [])
+    return ["python3", "python3-venv", "python3-cryptography"]
+
+
+def can_serve_before_packages(settings: Settings) -> bool:
+    """Whether serve_app may run while the package install still runs (its restart and
+    settle then overlap apt): the host had what the app needs before this run."""
+    installed = host.get_fact(DebPackages)
+    return all(package in installed for package in packages_to_serve(settings))
+
+
 @deploy("App", data_defaults=DEFAULTS)
-def deploy_app():
+def stage_app() -> StagedRelease:
     """Each release (code, unit, environment, JWKS) lands in <base>/releases/<id>, named
-    after its content; it serves only once it came up (else the old one keeps serving)."""
+    after its content; serve_app makes it serve. Needs none of the packages (the venv is
+    made without pip), so it runs while they install."""
     settings = host_settings()
     source = settings.app_source_dir
     # The bundled backend is a package of ours only on the control machine.
@@ -71,11 +96,19 @@ def deploy_app():
         live=paths.SERVICE_UNIT_PATH,
     )
     virtualenv(name=f"Create virtualenv {settings.venv_dir}", path=settings.venv_dir)
-    if lists_packages(source / "requirements.txt"):  # the local source: fixed for the run
+    return StagedRelease(release, hashlib.sha1(unit.encode()).hexdigest())
+
+
+@deploy("App", data_defaults=DEFAULTS)
+def serve_app(staged: StagedRelease):
+    """The staged release serves only once it came up (else the old one keeps serving)."""
+    settings = host_settings()
+    release = staged.release
+    if lists_packages(settings.app_source_dir / "requirements.txt"):  # the local source: fixed for the run
         requirements_installed(
             name="Install the backend's requirements.txt",
             venv=settings.venv_dir,
-            requirements=f"{release_dir}/app/requirements.txt",
+            requirements=f"{settings.releases_dir}/{release}/app/requirements.txt",
             _timeout=settings.pip_timeout,
         )
 
@@ -110,7 +143,7 @@ def deploy_app():
         base=settings.aisha_base_dir,
         release=release,
         unit=paths.SERVICE_UNIT_PATH,
-        unit_sha1=hashlib.sha1(unit.encode()).hexdigest(),
+        unit_sha1=staged.unit_sha1,
         service="aisha-api.service",
         keep=settings.app_releases_keep,
         legacy_files=[f"{settings.aisha_base_dir}/{paths.REMOTE_JWKS_NAME}"],

@@ -1,7 +1,8 @@
 from pyinfra.api import deploy
 
+from aisha_infra.deploy import paths
 from aisha_infra.deploy.config import host_settings
-from aisha_infra.deploy.operations.apt import packages_installed
+from aisha_infra.deploy.operations.apt import packages_install_started, packages_install_waited
 from aisha_infra.deploy.settings import DEFAULTS, Settings
 
 # Every host's packages (self-signed mode needs no more).
@@ -25,13 +26,26 @@ def packages_for(settings: Settings) -> list[str]:
 
 
 @deploy("Packages", data_defaults=DEFAULTS)
-def install_packages():
+def start_installing_packages():
+    """Starts apt in the background (a fresh host spends most of its provision there);
+    wait_for_packages waits for it, after the steps that need none of the packages.
+    Returns the start, for the wait."""
     settings = host_settings()
     packages = packages_for(settings)
-    packages_installed(
+    return packages_install_started(
         name=f"Install {', '.join(packages)}",
         packages=packages,
         removed=RETIRED_PACKAGES,
         lock_wait=settings.apt_lock_timeout,
+    )
+
+
+@deploy("Packages", data_defaults=DEFAULTS)
+def wait_for_packages(started):
+    settings = host_settings()
+    packages_install_waited(
+        name=f"Wait for the install ({paths.PACKAGES_UNIT})",
+        timeout=settings.apt_timeout,
         _timeout=settings.apt_timeout,
+        _if=started.did_change,
     )

@@ -1,8 +1,10 @@
 import json
 from io import StringIO
+from typing import NamedTuple
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
@@ -20,10 +22,20 @@ def metrics_firewall_rules(settings: Settings) -> list[str]:
     return [f"allow from {source} to any port {port} proto tcp" for source in settings.metrics_allow_from]
 
 
+class InstalledWatch(NamedTuple):
+    """What install_watch changed, for start_watch's restarts."""
+    checker: OperationMeta
+    config: OperationMeta
+    alert_url: OperationMeta
+    service: OperationMeta
+    timer: OperationMeta
+
+
 @deploy("Watch", data_defaults=DEFAULTS)
-def deploy_watch():
+def install_watch() -> InstalledWatch:
     """The on-host watch: aisha-watch.timer runs the checker as an unprivileged user;
-    certbot's failures start it at once; node_exporter exports its results (opt-in)."""
+    certbot's failures start it at once. Installed while the packages install (it needs
+    none of them); start_watch starts it once nginx, the certificate and ufw are in place."""
     create_system_account(rendering.WATCH_USER, home=paths.WATCH_STATE_DIR)
     settings = host_settings()
     script = files.put(
@@ -69,7 +81,13 @@ def deploy_watch():
         dest=paths.CERTBOT_ONFAILURE_DROPIN_PATH,
     )
     systemd.daemon_reload(name="Reload systemd units", _if=any_changed(service, timer, certbot_dropin))
+    return InstalledWatch(script, config, alert_url, service, timer)
 
+
+@deploy("Watch", data_defaults=DEFAULTS)
+def start_watch(installed: InstalledWatch):
+    """The timer runs, a new watch checks at once; node_exporter exports its results (opt-in)."""
+    settings = host_settings()
     if settings.metrics_enabled:
         apt.packages(
             name="Install prometheus-node-exporter",
@@ -102,14 +120,14 @@ def deploy_watch():
         name="Restart aisha-watch.timer for its new interval",
         service="aisha-watch.timer",
         restarted=True,
-        _if=timer.did_change,
+        _if=installed.timer.did_change,
     )
     systemd.service(name="Run aisha-watch.timer", service="aisha-watch.timer", running=True, enabled=True)
     # A new checker or configuration reports at once instead of at the next tick.
     server.shell(
         name="Check once now with the new watch",
         commands=["systemctl start aisha-watch.service"],
-        _if=any_changed(script, config, alert_url, service),
+        _if=any_changed(installed.checker, installed.config, installed.alert_url, installed.service),
     )
 
 

@@ -6,23 +6,28 @@
 Order matters: the app runs before nginx proxies to it, a certificate exists
 before nginx references it, the firewall opens SSH before it closes anything,
 and Let's Encrypt's HTTP-01 challenge needs nginx and port 80 up first.
+
+The packages install in the background (a fresh host spends most of its provision in
+apt) while the steps that need none of them run: the service user, the app's release
+(and serving it, when the host already has what the app needs), backups, the watch's
+files. Everything after the wait needs them (nginx, openssl, ufw, certbot).
 """
 
 from pyinfra import host
 
 from aisha_infra.deploy.config import check_supported_systems, host_settings
 from aisha_infra.deploy.prefetch import prefetch_facts
-from aisha_infra.tasks.app import deploy_app
+from aisha_infra.tasks.app import can_serve_before_packages, serve_app, stage_app
 from aisha_infra.tasks.backup import remove_backups, restore_events, schedule_backups
 from aisha_infra.tasks.connection import send_without_delay
 from aisha_infra.tasks.firewall import configure_firewall
 from aisha_infra.tasks.letsencrypt import insist_on_letsencrypt, obtain_certificate
 from aisha_infra.tasks.nginx import configure_site
-from aisha_infra.tasks.packages import install_packages
+from aisha_infra.tasks.packages import start_installing_packages, wait_for_packages
 from aisha_infra.tasks.service_user import create_service_user
 from aisha_infra.tasks.tls import ensure_certificates
 from aisha_infra.tasks.verify import announce_summary, verify_endpoint
-from aisha_infra.tasks.watch import deploy_watch, stop_watch
+from aisha_infra.tasks.watch import install_watch, start_watch, stop_watch
 
 
 def deploy_webhook_host():
@@ -41,15 +46,27 @@ def deploy_webhook_host():
 
     announce_summary()
 
-    install_packages()
+    packages = start_installing_packages()
     create_service_user()
     if settings.events_restore_archive:
         restore_events()
-    deploy_app()
+    release = stage_app()
+    # Decided from the packages the host had before this run (a fact read now).
+    serve_during_apt = can_serve_before_packages(settings)
+    if serve_during_apt:
+        serve_app(release)
     if settings.backups_on:
         schedule_backups()
     else:
         remove_backups()
+    if settings.watch_enabled:
+        watch = install_watch()
+    else:
+        stop_watch()
+    wait_for_packages(packages)
+
+    if not serve_during_apt:
+        serve_app(release)
     certificate_changes = ensure_certificates()
     configure_site(certificate_changes)
     if settings.firewall_enabled:
@@ -59,8 +76,6 @@ def deploy_webhook_host():
     if settings.verify_enabled:
         verify_endpoint()
     if settings.watch_enabled:
-        deploy_watch()
-    else:
-        stop_watch()
+        start_watch(watch)
     if settings.tls_mode == "letsencrypt":
         insist_on_letsencrypt()

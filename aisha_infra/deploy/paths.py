@@ -63,3 +63,8 @@ REMOTE_ACME_CA = "/etc/letsencrypt/aisha-acme-ca.pem"  # letsencrypt_ca_bundle, 
 RESTORE_PAYLOAD = "/root/.aisha-letsencrypt-restore.tar.gz"  # letsencrypt_restore_archive, uploaded
 CERTBOT_DROPIN_PATH = "/etc/systemd/system/certbot.service.d/aisha-acme-ca.conf"
 RENEWAL_HOOK_PATH = "/etc/letsencrypt/renewal-hooks/deploy/aisha-reload-nginx.sh"
+
+# Packages install in the background (tasks/packages.py): a transient unit, its script,
+# output and exit status in a directory only root can read; both gone once waited for.
+PACKAGES_UNIT = "aisha-packages.service"
+PACKAGES_RUN_DIR = "/run/aisha-packages"

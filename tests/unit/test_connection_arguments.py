@@ -29,7 +29,9 @@ OPERATIONS = {
     "accounts.system_user": (accounts.system_user, lambda tmp: dict(
         user="aisha", group="aisha", home="/opt/aisha-backend", shell="/usr/sbin/nologin"),
         {"uname -s": ["Linux"], "command -v useradd": ["/usr/sbin/useradd"]}),
-    "apt.packages_installed": (apt.packages_installed, lambda tmp: dict(packages=["ufw"], lock_wait=600), {}),
+    "apt.packages_install_started": (apt.packages_install_started, lambda tmp: dict(packages=["ufw"], lock_wait=600),
+                                     {}),
+    "apt.packages_install_waited": (apt.packages_install_waited, lambda tmp: dict(timeout=1800), {}),
     "app.mirrored_directory": (app.mirrored_directory, lambda tmp: dict(
         src=backend_source(tmp), dest="/opt/aisha-backend/app", user="aisha", group="aisha",
         mode="0644", dir_mode="0755", exclude=["*.pyc"], exclude_dir=["__pycache__"]), {}),

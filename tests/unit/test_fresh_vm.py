@@ -5,6 +5,7 @@ script runs for real under sh with fake apt-get/dpkg commands that hold a lock."
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 import subprocess
 from pathlib import Path
@@ -13,8 +14,10 @@ import pytest
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.context import ctx_host
 from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import Directory
 
 from aisha_infra.deploy.facts.system import NginxVersion, SshdPorts, unsupported_system, wants_http2_directive
+from aisha_infra.deploy import paths
 from aisha_infra.deploy.operations import apt
 from aisha_infra.deploy.operations import nginx as nginx_operations
 from aisha_infra.deploy.operations.nginx import site_config
@@ -28,30 +31,41 @@ DOMAIN = {"aisha_domain": "aibots.test"}
 
 # --- apt ----------------------------------------------------------------------------
 
+NO_LEFTOVER = {(Directory, frozenset({("path", paths.PACKAGES_RUN_DIR)})): None}
+
+
 def test_installed_packages_run_nothing():
-    commands, noops = run_operation(apt.packages_installed, {DebPackages: {"nginx": ["1.22"], "ufw": ["0.36"]}},
+    commands, noops = run_operation(apt.packages_install_started,
+                                    {DebPackages: {"nginx": ["1.22"], "ufw": ["0.36"]}, **NO_LEFTOVER},
                                     packages=["nginx", "ufw"], lock_wait=600)
     assert commands == [] and noops
 
 
-def test_missing_packages_are_installed_with_a_lock_wait():
-    commands, _ = run_operation(apt.packages_installed, {DebPackages: {"nginx": ["1.22"]}},
+def test_missing_packages_install_in_a_transient_unit_with_a_lock_wait():
+    commands, _ = run_operation(apt.packages_install_started, {DebPackages: {"nginx": ["1.22"]}, **NO_LEFTOVER},
                                 packages=["nginx", "ufw", "openssl"], lock_wait=600)
     assert len(commands) == 1
     script = commands[0]
-    assert "lock_wait=600" in script and "DPkg::Lock::Timeout" in script
-    assert script.rstrip().endswith("install --fix-broken ufw openssl")
-    assert "with_lock_wait apt_get update" in script
+    assert apt.install_script(["ufw", "openssl"], 600) in shlex.split(script.split("printf ", 1)[1])[1]
+    assert "install -d -m 0700 -o root -g root" in script  # output and status: root's only
+    assert f"--collect --service-type=exec --unit=\"$unit\"" in script and paths.PACKAGES_UNIT in script
 
 
 def test_a_retired_package_is_removed_in_the_same_apt_call_only_where_installed():
     installed = {"nginx": ["1.22"], "python3-certbot-nginx": ["2.1"]}
-    commands, _ = run_operation(apt.packages_installed, {DebPackages: installed},
+    commands, _ = run_operation(apt.packages_install_started, {DebPackages: installed, **NO_LEFTOVER},
                                 packages=["nginx"], removed=["python3-certbot-nginx"], lock_wait=600)
-    assert commands[0].rstrip().endswith("install --fix-broken python3-certbot-nginx-")
-    commands, noops = run_operation(apt.packages_installed, {DebPackages: {"nginx": ["1.22"]}},
+    assert "install --fix-broken python3-certbot-nginx-" in commands[0]
+    commands, noops = run_operation(apt.packages_install_started, {DebPackages: {"nginx": ["1.22"]}, **NO_LEFTOVER},
                                     packages=["nginx"], removed=["python3-certbot-nginx"], lock_wait=600)
     assert commands == [] and noops
+
+
+def test_what_an_interrupted_run_left_is_cleared_without_a_new_install():
+    leftover = {(Directory, frozenset({("path", paths.PACKAGES_RUN_DIR)})): {"mode": 700}}
+    commands, _ = run_operation(apt.packages_install_started, {DebPackages: {"nginx": ["1.22"]}, **leftover},
+                                packages=["nginx"], lock_wait=600)
+    assert len(commands) == 1 and "systemd-run" not in commands[0] and 'rm -rf "$dir"' in commands[0]
 
 
 @pytest.mark.parametrize("mode, certbot", [("self-signed", False), ("letsencrypt", True)])

@@ -36,7 +36,7 @@ def test_defaults_are_the_settings_defaults():
 
 def test_every_deploy_of_ours_has_every_default():
     deploys = our_deploys()
-    assert "app.deploy_app" in deploys and "app.roll_back_app" in deploys
+    assert {"app.stage_app", "app.serve_app", "app.roll_back_app"} <= set(deploys)
     assert len(deploys) >= 15
     without = [name for name, func in deploys.items() if getattr(func._inner, "deploy_data", None) is not DEFAULTS]
     assert not without, f"@deploy without data_defaults=DEFAULTS: {without}"

@@ -6,6 +6,11 @@ apt.packages fails at once on a held lock, and `apt-get update` ignores
 DPkg::Lock::Timeout for its own lock (/var/lib/apt/lists/lock), so this operation
 runs one script that waits for every lock up to a shared deadline, finishes an
 interrupted dpkg, and, when the deadline passes, names the process holding the lock.
+
+A fresh host spends most of its provision in that script, so it can run in the background
+(packages_install_started, then packages_install_waited): as a transient systemd unit in
+its own cgroup, which an interrupted run or a dropped SSH connection does not stop halfway,
+while the steps that need none of the packages run.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from pyinfra import host
 from pyinfra.api import StringCommand, operation
 from pyinfra.api.exceptions import OperationValueError
 from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import Directory
+
+from aisha_infra.deploy import paths
 
 _INSTALL_SCRIPT = r"""
 lock_wait={lock_wait}
@@ -76,23 +84,117 @@ def install_script(packages: list[str], lock_wait: int) -> str:
     ).strip()
 
 
+def _changes(packages: list[str], removed: list[str] | tuple) -> list[str]:
+    """apt-get install's arguments for what is not yet as wanted: missing packages, and
+    `name-` for each one to remove that is installed."""
+    installed = host.get_fact(DebPackages)
+    return ([package for package in packages if package not in installed]
+            + [f"{package}-" for package in removed if package in installed])
+
+
+# Shared by the start and the wait: the unit still runs (or is starting or stopping).
+_UNIT_RUNNING = """
+running() {
+    case "$(systemctl show -P ActiveState "$unit" 2>/dev/null)" in
+        active|activating|deactivating|reloading|refreshing) return 0 ;;
+    esac
+    return 1
+}
+"""
+
+
+def background_start_script(changes: list[str], lock_wait: int) -> str:
+    """Wait (up to `lock_wait`) for an install an interrupted run left running, then start
+    install_script as PACKAGES_UNIT; with no `changes`, only clear what that run left."""
+    q = shlex.quote
+    run_dir = q(paths.PACKAGES_RUN_DIR)
+    lines = [
+        f"dir={run_dir}; unit={q(paths.PACKAGES_UNIT)}; lock_wait={int(lock_wait)}",
+        _UNIT_RUNNING.strip(),
+        "deadline=$(( $(date +%s) + lock_wait ))",
+        "while running; do",
+        '    if [ "$(date +%s)" -ge "$deadline" ]; then',
+        '        echo "$unit (a package install an earlier run started) still runs after waiting ${lock_wait} s'
+        ' (apt_lock_timeout): let it finish, then re-run the deploy; or raise apt_lock_timeout." >&2',
+        "        exit 1",
+        "    fi",
+        "    sleep 1",
+        "done",
+        'rm -rf "$dir"',
+    ]
+    if changes:
+        run = (f"sh {run_dir}/install.sh > {run_dir}/output 2>&1; echo $? > {run_dir}/status.new "
+               f"&& mv {run_dir}/status.new {run_dir}/status")
+        lines += [
+            'install -d -m 0700 -o root -g root "$dir" || exit 1',
+            f'printf "%s\\n" {q(install_script(changes, lock_wait))} > "$dir/install.sh" || exit 1',
+            'date +%s > "$dir/started" || exit 1',
+            # --collect: the unit is gone once it ends, failed or not.
+            'systemd-run --quiet --collect --service-type=exec --unit="$unit" '
+            '--description="aisha-infra: install packages" /bin/sh -c ' + q(run),
+        ]
+    return "\n".join(lines)
+
+
+def background_wait_script(timeout: int) -> str:
+    """Wait for PACKAGES_UNIT's exit status, up to `timeout` seconds after it started; show
+    apt's output (on stderr when it failed), and leave nothing behind."""
+    return "\n".join([
+        f"dir={shlex.quote(paths.PACKAGES_RUN_DIR)}; unit={shlex.quote(paths.PACKAGES_UNIT)}; timeout={int(timeout)}",
+        _UNIT_RUNNING.strip(),
+        'test -f "$dir/started" || exit 0  # the start only cleared what an interrupted run left',
+        'deadline=$(( $(cat "$dir/started") + timeout ))',
+        'while ! test -f "$dir/status"; do',
+        '    if ! running && ! test -f "$dir/status"; then',
+        '        cat "$dir/output" >&2 2>/dev/null',
+        '        echo "$unit ended without finishing the package install (stopped from outside?); re-run the deploy." >&2',
+        '        rm -rf "$dir"; exit 1',
+        "    fi",
+        '    if [ "$(date +%s)" -ge "$deadline" ]; then',
+        '        systemctl stop "$unit"',
+        '        cat "$dir/output" >&2',
+        '        echo "The package install did not finish within ${timeout} s (apt_timeout) and was stopped. '
+        'Re-run the deploy (it finishes what dpkg left half done), or raise apt_timeout." >&2',
+        '        rm -rf "$dir"; exit 1',
+        "    fi",
+        "    sleep 0.2",
+        "done",
+        'status=$(cat "$dir/status")',
+        'if [ "$status" = 0 ]; then cat "$dir/output"; else cat "$dir/output" >&2; fi',
+        'rm -rf "$dir"',
+        'exit "$status"',
+    ])
+
+
 @operation()
-def packages_installed(packages: list[str], lock_wait: int, removed: list[str] | tuple = ()):
+def packages_install_started(packages: list[str], lock_wait: int, removed: list[str] | tuple = ()):
     """
-    Install the missing ones of `packages`, after refreshing the package lists.
+    Install the missing ones of `packages`, after refreshing the package lists, in the
+    background: install_script runs as a transient unit, which packages_install_waited
+    waits for. Its output and exit status stay in a directory only root can read.
 
     + packages: Debian package names
     + lock_wait: seconds to wait, in all, for other apt/dpkg processes to release their locks
-    + removed: packages to remove if installed (in the same apt-get call: `name-`)
+    + removed: packages to remove if installed
 
-    Nothing runs (not even `apt-get update`) when every package is installed and none to remove is.
+    Nothing runs when every package is as wanted and no earlier run left an install behind.
     """
     if isinstance(lock_wait, bool) or not isinstance(lock_wait, int) or lock_wait < 0:
         raise OperationValueError(f"lock_wait {lock_wait!r} is not a number of seconds")
-    installed = host.get_fact(DebPackages)
-    missing = [package for package in packages if package not in installed]
-    unwanted = [package for package in removed if package in installed]
-    if not missing and not unwanted:
+    changes = _changes(packages, removed)
+    if not changes and not host.get_fact(Directory, path=paths.PACKAGES_RUN_DIR):
         host.noop(f"installed: {', '.join(packages)}")
         return
-    yield StringCommand(install_script(missing + [f"{package}-" for package in unwanted], lock_wait))
+    yield StringCommand(background_start_script(changes, lock_wait))
+
+
+@operation()
+def packages_install_waited(timeout: int):
+    """
+    Wait for the install packages_install_started started; fail with apt's own output
+    (and the lock holder, if that was it) when it failed. Call it with
+    `_if=<the start>.did_change`: no start, nothing to wait for.
+
+    + timeout: seconds the install may take from its start (then it is stopped)
+    """
+    yield StringCommand(background_wait_script(timeout))
