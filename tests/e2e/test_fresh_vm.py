@@ -13,7 +13,9 @@ import time
 
 import pytest
 
+from aisha_infra.deploy import paths
 from aisha_infra.lab.hosts import LabHost
+from aisha_infra.tasks.packages import PACKAGES
 from tests.project import PROJECT_ROOT
 from tests.e2e.deploylib import PYINFRA, run_deploy, write_hosts_file
 
@@ -81,14 +83,42 @@ def test_unsupported_system_stops_before_any_change(locked_host, tmp_path):
     host.run("ufw delete allow 3306/tcp")
 
 
-def test_lock_held_too_long_fails_naming_its_holder(locked_host, tmp_path):
-    host = locked_host
-    hosts_file = write_hosts_file(tmp_path / "hosts.json", [host], data={"apt_lock_timeout": 3, "apt_timeout": 120})
-    # Something for the package step to do: a package earlier versions installed (a stand-in).
+def install_retired_stand_in(host: LabHost) -> None:
+    """Something for the package step to do: a package earlier versions installed (a stand-in)."""
     host.run("mkdir -p /tmp/retired/DEBIAN && printf '%s\\n' 'Package: python3-certbot-nginx' 'Version: 0.0-test' "
              "'Architecture: all' 'Maintainer: test <test@aibots.test>' 'Description: stand-in' "
              "> /tmp/retired/DEBIAN/control && dpkg-deb -b /tmp/retired /tmp/retired.deb >/dev/null "
              "&& dpkg -i /tmp/retired.deb >/dev/null && rm -rf /tmp/retired /tmp/retired.deb")
+
+
+def assert_no_install_left(host: LabHost) -> None:
+    """The background install leaves neither its unit nor its files."""
+    assert host.run(f"test -e {paths.PACKAGES_RUN_DIR}", check=False).returncode != 0
+    assert host.run(f"systemctl list-units --all --no-legend {paths.PACKAGES_UNIT}").stdout.strip() == ""
+
+
+def test_failing_apt_fails_the_host_with_apts_own_words(locked_host, tmp_path):
+    host = locked_host
+    hosts_file = write_hosts_file(tmp_path / "hosts.json", [host])
+    install_retired_stand_in(host)
+    host.run("echo 'DPkg::Pre-Invoke { \"echo aisha-test: dpkg refused >&2; false\"; };' "
+             "> /etc/apt/apt.conf.d/99aisha-test-fail")
+    try:
+        failed = run_deploy(hosts_file)
+    finally:
+        host.run("rm -f /etc/apt/apt.conf.d/99aisha-test-fail")
+    assert failed.returncode != 0
+    assert "aisha-test: dpkg refused" in failed.output, failed.output[-3000:]
+    assert "Starting operation: Nginx |" not in failed.output
+    assert_no_install_left(host)
+    assert run_deploy(hosts_file).check().totals["changed"] > 0
+    assert_no_install_left(host)
+
+
+def test_lock_held_too_long_fails_naming_its_holder(locked_host, tmp_path):
+    host = locked_host
+    hosts_file = write_hosts_file(tmp_path / "hosts.json", [host], data={"apt_lock_timeout": 3, "apt_timeout": 120})
+    install_retired_stand_in(host)
     hold = HOLD_APT_LOCKS.replace(f"time.sleep({LOCK_SECONDS})", "time.sleep(120)")
     host.run(f"systemd-run --unit=aisha-test-apt-lock-long python3 -c {shlex.quote(hold)}")
     try:
@@ -99,7 +129,8 @@ def test_lock_held_too_long_fails_naming_its_holder(locked_host, tmp_path):
     holder = re.search(r"apt's lock was still held by process \d+ \((.*?)\) after waiting 3 s \(apt_lock_timeout\)",
                        failed.output)
     assert holder and "python3 -c import fcntl" in holder.group(1), failed.output[-3000:]
-    assert "Starting operation: App |" not in failed.output  # nothing after the failed step
+    assert "Starting operation: Nginx |" not in failed.output  # nothing after the failed step
+    assert_no_install_left(host)
     run_deploy(hosts_file).check()
     assert host.run("dpkg-query -W -f='${db:Status-Abbrev}' python3-certbot-nginx", check=False).stdout[:2] != "ii"
 
@@ -127,9 +158,14 @@ def test_interrupted_run_then_next_run_converges(lab_hosts, tmp_path):
             deploy.wait()
     interrupted = log.read_text()
     # pyinfra exits 0 on Ctrl-C: the log shows the run stopped during the package step
-    assert "Exiting upon user request" in interrupted and "Starting operation: App |" not in interrupted
+    assert "Exiting upon user request" in interrupted and "Starting operation: Nginx |" not in interrupted
+    # apt runs in its own unit: the interrupted run did not stop it halfway, it finishes.
+    host.run(f"timeout 300 sh -c 'while systemctl is-active -q {paths.PACKAGES_UNIT}; do sleep 0.5; done'")
+    states = host.run(f"dpkg-query -W -f='${{db:Status-Abbrev}}\\n' {' '.join(PACKAGES)}").stdout.split()
+    assert states == ["ii"] * len(PACKAGES), states
 
     run_deploy(hosts_file).check()
+    assert_no_install_left(host)
     assert run_deploy(hosts_file).check().totals["changed"] == 0
 
 
