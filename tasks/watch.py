@@ -81,6 +81,8 @@ def install_watch() -> InstalledWatch:
         dest=paths.CERTBOT_ONFAILURE_DROPIN_PATH,
     )
     systemd.daemon_reload(name="Reload systemd units", _if=any_changed(service, timer, certbot_dropin))
+    # Enabling reloads systemd: done now, while the packages install; start_watch starts it.
+    systemd.service(name="Enable aisha-watch.timer at boot", service="aisha-watch.timer", enabled=True)
     return InstalledWatch(script, config, alert_url, service, timer)
 
 

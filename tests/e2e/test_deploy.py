@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from aisha_infra.checks import health
+from aisha_infra.deploy import paths
 from aisha_infra.tasks.packages import PACKAGES
 from tests.e2e import client
 from tests.e2e.conftest import DOMAIN
@@ -34,6 +35,23 @@ def test_first_run_proves_health_and_prints_the_webhook_url(deployed_host):
     assert "Webhook POST OK" in output
     assert f"FAL_WEBHOOK_URL=https://{DOMAIN}:8443/api/v1/avatar/status_update" in output
     assert deployed_host.first_run.totals["changed"] > 10
+
+
+def test_packages_install_while_the_rest_is_staged(deployed_host):
+    """apt runs in the background from the first operation; the user, the release (served:
+    the lab image has python3), backups and the watch's files come before the wait, and
+    everything needing the packages after it. Nothing of the install is left."""
+    started = re.findall(r"--> Starting operation: (\w[\w ]*?) \| (.*?)\s*$", deployed_host.first_run.output, re.M)
+    names = [f"{deploy} | {operation}" for deploy, operation in started]
+    wait = names.index(f"Packages | Wait for the install ({paths.PACKAGES_UNIT})")
+    assert names[0].startswith("Packages | Install ")
+    before, after = {name.split(" | ")[0] for name in names[:wait]}, {name.split(" | ")[0] for name in names[wait:]}
+    assert {"Service user", "App", "Backups", "Watch"} <= before and not {"TLS", "Nginx", "Firewall", "Verify"} & before
+    assert any(name.startswith("App | Serve release ") for name in names[:wait])
+    assert "Watch | Check once now with the new watch" in names[wait:]
+    host = deployed_host.host
+    assert host.run(f"test -e {paths.PACKAGES_RUN_DIR}", check=False).returncode != 0
+    assert host.run(f"systemctl list-units --all --no-legend {paths.PACKAGES_UNIT}").stdout.strip() == ""
 
 
 def test_second_run_changes_nothing(deployed_host):

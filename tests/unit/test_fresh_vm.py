@@ -22,6 +22,7 @@ from aisha_infra.deploy.operations import apt
 from aisha_infra.deploy.operations import nginx as nginx_operations
 from aisha_infra.deploy.operations.nginx import site_config
 from aisha_infra.deploy.settings import SettingsError, build_settings
+from aisha_infra.tasks import app as app_tasks
 from aisha_infra.tasks import firewall
 from aisha_infra.tasks.packages import PACKAGES, packages_for
 from tests.unit.fakehost import FakeHost, run_operation
@@ -269,3 +270,29 @@ def test_verify_health_check_stops_at_the_steps_limit():
         elapsed = time.monotonic() - started
     assert not ok and detail
     assert elapsed < verify.SETTLE_SECONDS, f"took {elapsed:.1f} s"
+
+
+# --- the app serves during apt when the host has what it needs ---------------------------
+
+@pytest.mark.parametrize("data, needed", [
+    ({}, ["python3"]),
+    ({"fal_verify_signatures": True, "fal_jwks_url": "https://fal.test/jwks"}, ["python3", "python3-cryptography"]),
+])
+def test_the_bundled_app_needs_python3_and_cryptography_only_to_verify(data, needed):
+    assert app_tasks.packages_to_serve(build_settings({**DOMAIN, **data})) == needed
+
+
+def test_a_backend_of_your_own_waits_for_the_packages(tmp_path):
+    (tmp_path / "requirements.txt").write_text("flask\n")
+    settings = build_settings({**DOMAIN, "app_source": str(tmp_path), "app_start_command": "/bin/true"})
+    assert set(app_tasks.packages_to_serve(settings)) == {"python3", "python3-venv", "python3-cryptography"}
+
+
+@pytest.mark.parametrize("installed, early", [
+    ({"python3": ["3.11"]}, True),
+    ({"python3": ["3.11"], "nginx": ["1.22"]}, True),
+    ({}, False),
+])
+def test_serving_during_apt_is_decided_from_the_packages_the_host_had(installed, early):
+    with ctx_host.use(FakeHost({DebPackages: installed})):
+        assert app_tasks.can_serve_before_packages(build_settings(DOMAIN)) is early
