@@ -115,6 +115,24 @@ def test_failing_apt_fails_the_host_with_apts_own_words(locked_host, tmp_path):
     assert_no_install_left(host)
 
 
+def test_apt_past_apt_timeout_is_stopped_and_leaves_nothing_running(locked_host, tmp_path):
+    host = locked_host
+    hosts_file = write_hosts_file(tmp_path / "hosts.json", [host], data={"apt_lock_timeout": 1, "apt_timeout": 15})
+    install_retired_stand_in(host)
+    host.run("echo 'DPkg::Pre-Invoke { \"sleep 300\"; };' > /etc/apt/apt.conf.d/99aisha-test-hang")
+    try:
+        failed = run_deploy(hosts_file)
+    finally:
+        host.run("rm -f /etc/apt/apt.conf.d/99aisha-test-hang")
+    assert failed.returncode != 0
+    assert "did not finish within 15 s (apt_timeout) and was stopped" in failed.output, failed.output[-3000:]
+    assert "Starting operation: Nginx |" not in failed.output
+    assert_no_install_left(host)
+    assert host.run("pgrep -x 'sleep|apt-get|dpkg'", check=False).stdout.strip() == ""  # its cgroup is gone
+    run_deploy(hosts_file).check()
+    assert_no_install_left(host)
+
+
 def test_lock_held_too_long_fails_naming_its_holder(locked_host, tmp_path):
     host = locked_host
     hosts_file = write_hosts_file(tmp_path / "hosts.json", [host], data={"apt_lock_timeout": 3, "apt_timeout": 120})
