@@ -47,6 +47,7 @@ def test_packages_install_while_the_rest_is_staged(deployed_host):
     assert names[0].startswith("Packages | Install ")
     before, after = {name.split(" | ")[0] for name in names[:wait]}, {name.split(" | ")[0] for name in names[wait:]}
     assert {"Service user", "App", "Backups", "Watch"} <= before and not {"TLS", "Nginx", "Firewall", "Verify"} & before
+    assert {"TLS", "Nginx", "Firewall", "Verify"} <= after
     assert any(name.startswith("App | Serve release ") for name in names[:wait])
     assert "Watch | Check once now with the new watch" in names[wait:]
     host = deployed_host.host

@@ -49,7 +49,7 @@ def test_missing_packages_install_in_a_transient_unit_with_a_lock_wait():
     script = commands[0]
     assert apt.install_script(["ufw", "openssl"], 600) in shlex.split(script.split("printf ", 1)[1])[1]
     assert "install -d -m 0700 -o root -g root" in script  # output and status: root's only
-    assert f"--collect --service-type=exec --unit=\"$unit\"" in script and paths.PACKAGES_UNIT in script
+    assert "--collect --service-type=exec --unit=\"$unit\"" in script and paths.PACKAGES_UNIT in script
 
 
 def test_a_retired_package_is_removed_in_the_same_apt_call_only_where_installed():
