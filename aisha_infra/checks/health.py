@@ -93,6 +93,9 @@ class Endpoint:
         self.address, self.domain, self.port, self.ca_bundle, self.verify = address, domain, port, ca_bundle, verify
         self.trust_system = ca_bundle is None if trust_system is None else trust_system
         self._pool = None
+        # The certificates the server sent on the connection that answered (DER, in the
+        # order sent): the verified connection tells what is served, no second handshake.
+        self.served_certs: list[bytes] = []
         try:
             context = _ssl_context(ca_bundle, verify, self.trust_system)
         except (OSError, ssl.SSLError) as exc:
@@ -179,12 +182,29 @@ class Endpoint:
                                               preload_content=False,
                                               timeout=urllib3.Timeout(connect=timeout, read=timeout))
             try:
+                if not self.served_certs:
+                    self.served_certs = sent_chain(getattr(response.connection, "sock", None))
                 return response.status, response.read(MAX_BODY_BYTES)
             finally:
                 # Back for the next request; urllib3 drops a connection with unread data left.
                 response.release_conn()
         except urllib3.exceptions.HTTPError as exc:
             return _failure(check, exc, self.address, domain, port, self.ca_bundle, timeout, self.trust_system)
+
+
+def sent_chain(sock) -> list[bytes]:
+    """The certificates a TLS peer sent, DER, in the order sent; [] when unknown. Public
+    from Python 3.13 (SSLSocket.get_unverified_chain); 3.10-3.12 have the same method on
+    the private _sslobj (tests/unit/test_diagnose_health.py fails if neither is there)."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return []
+    public = getattr(sock, "get_unverified_chain", None)
+    if public is not None:
+        return list(public() or [])
+    private = getattr(getattr(sock, "_sslobj", None), "get_unverified_chain", None)
+    if private is None:
+        return []
+    return [cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in private() or []]
 
 
 def _ssl_context(ca_bundle, verify, trust_system) -> ssl.SSLContext:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from aisha_infra.checks import health
 
@@ -52,6 +54,18 @@ def test_one_endpoint_checks_health_and_webhook_over_one_connection(pki, good_se
 
     assert [finding.severity for finding in findings] == ["ok", "ok", "ok"], [f.explain() for f in findings]
     assert good_server.connections == 1
+
+
+def test_the_endpoint_keeps_the_chain_the_server_sent(pki, good_server):
+    """verify reports the served certificate from this, without a second handshake; on a
+    Python without the chain (neither public nor private API) this fails."""
+    sent = [cert.public_bytes(serialization.Encoding.DER)
+            for cert in x509.load_pem_x509_certificates(pki.cases["good"].chain.read_bytes())]
+    with health.Endpoint("127.0.0.1", DOMAIN, good_server.port, str(pki.root)) as endpoint:
+        assert endpoint.served_certs == []
+        assert endpoint.health(timeout=5).severity == "ok"
+
+    assert len(sent) >= 2 and endpoint.served_certs == sent
 
 
 def test_an_oversized_answer_is_cut_and_its_connection_not_reused(pki, good_server):

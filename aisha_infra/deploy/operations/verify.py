@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.facts.files import FileContents
@@ -101,15 +102,21 @@ def expect_summary(state, webhook_url: str) -> None:
     SUMMARIES[host.name] = HostSummary(webhook_url)
 
 
-def _report_certificate(address: str, domain: str, port: int, deadline: float, summary: HostSummary) -> None:
-    served = served_chain.fetch_served_chain(address, port, domain, timeout=_request_timeout(deadline))
-    if not served.certs:
+def _report_certificate(endpoint: health.Endpoint, deadline: float, summary: HostSummary) -> None:
+    """The certificate line and the summary's issuer and days, from what the server sent on
+    the connection that passed the checks; a handshake of its own only where Python cannot
+    tell (health.sent_chain)."""
+    certs = [x509.load_der_x509_certificate(der) for der in endpoint.served_certs]
+    if not certs:
+        certs = served_chain.fetch_served_chain(endpoint.address, endpoint.port, endpoint.domain,
+                                                timeout=_request_timeout(deadline)).certs
+    if not certs:
         return
-    leaf = served.certs[0]
+    leaf = certs[0]
     days = (leaf.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)).days
     summary.issuer, summary.days_left = leaf.issuer.rfc4514_string(), days
     line = (f"{host.print_prefix}Certificate: issuer {summary.issuer}, "
-            f"{len(served.certs)} certificate(s) sent, expires in {days} days")
+            f"{len(certs)} certificate(s) sent, expires in {days} days")
     (logger.warning if days < EXPIRY_WARNING_DAYS else logger.info)(line)
 
 
@@ -181,7 +188,7 @@ def https_endpoint(
             logger.info(f"{host.print_prefix}Webhook POST OK: {detail}")
     summary.health = "OK"
 
-    _report_certificate(address, domain, port, deadline, summary)
+    _report_certificate(endpoint, deadline, summary)
     if degraded:
         summary.tls = "DEGRADED (self-signed: Let's Encrypt issuance failed)"
         logger.warning(
