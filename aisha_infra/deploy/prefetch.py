@@ -13,6 +13,9 @@ Sound, because what is served is what the host was when the prefetch read it:
 - a fact whose part failed or whose command is missing on the host, or one asked with other
   connector arguments (another sudo user, say) than the prefetch ran with, is read the
   normal way, with pyinfra's own error handling;
+- a fact whose value may lag a change the run made (`prefetch = UNTIL_CHANGE`: nginx's
+  served certificate, which waits for a reload to hand over) is served only while no
+  command has run on the host, and never refilled;
 - what is remembered only decides which facts are read at once: a stale list costs time,
   never a wrong value. A new host (name and address) has no list, and a new machine under
   a known one (another /etc/machine-id) is not read from it: nothing is prefetched, that run.
@@ -50,6 +53,9 @@ _CONNECTION_KEYS = (
     "_su_user", "_use_su_login", "_preserve_su_env", "_su_shell", "_su_password",
     "_doas", "_doas_user", "_dzdo", "_dzdo_user", "_shell_executable", "_chdir", "_env",
 )
+# A fact class's `prefetch`: read by the run's first prefetch only, so served only while no
+# command has run on the host in this run; after one, read the normal way.
+UNTIL_CHANGE = "until_change"
 # pyinfra's sentinel for a fact whose required command is missing (pyinfra.api.facts).
 _MISSING_COMMAND_MARKER = "##PYINFRA_NOCMD##"
 
@@ -272,10 +278,10 @@ def _serve(state, host, facts: HostFacts, cls, kwargs: dict, key: str):
         facts.parts, facts.quiet_since_change = {}, True
     if not facts.parts and facts.quiet_since_change and facts.refills < REFILLS and facts.following:
         still_to_come = facts.remembered[facts.following - 1:]
-        if still_to_come[:1] == [key]:
+        if still_to_come[:1] == [key] and not _until_change(key):
             facts.refills += 1
             facts.quiet_since_change = False
-            _read(state, host, facts, still_to_come)
+            _read(state, host, facts, [each for each in still_to_come if not _until_change(each)])
     part = facts.parts.get(key)
     if part is None or part[0] != 0 or part[1] == [_MISSING_COMMAND_MARKER]:
         return None
@@ -284,6 +290,11 @@ def _serve(state, host, facts: HostFacts, cls, kwargs: dict, key: str):
     fact, lines = cls(), part[1]
     part_command(fact, kwargs)
     return (fact.process(lines) if lines else fact.default(),)
+
+
+def _until_change(key: str) -> bool:
+    known = fact_from_key(key)
+    return known is not None and getattr(known[0], "prefetch", True) == UNTIL_CHANGE
 
 
 class _Invalidate(BaseStateCallback):

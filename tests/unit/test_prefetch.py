@@ -209,3 +209,68 @@ def test_a_run_without_changes_reads_its_facts_once(tmp_path, monkeypatch):
     run_local(operations)
     assert len(commands) == 1 and "machine-id" in commands[0]  # the prefetch, nothing else
     assert [seen["mtime"].year for seen in SEEN] == [1970] * 3
+
+
+class LagsChanges(FactBase):
+    """Stands for a fact whose value may lag a change the run made (ServedCertificate)."""
+
+    prefetch = prefetch.UNTIL_CHANGE
+
+    def command(self, path: str) -> str:
+        return f"cat {path}"
+
+
+SEEN_LAGGING: list = []
+
+
+@operation(is_idempotent=True)
+def record_lagging(path: str):
+    value = host.get_fact(LagsChanges, path=path)
+    if host.state.is_executing:
+        SEEN_LAGGING.append(value)
+    yield from ()
+
+
+def counting_commands(monkeypatch) -> list[str]:
+    commands: list[str] = []
+    run_shell_command = LocalConnector.run_shell_command
+
+    def counting(self, command, *args, **kwargs):
+        commands.append(str(command))
+        return run_shell_command(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(LocalConnector, "run_shell_command", counting)
+    return commands
+
+
+def test_a_fact_that_lags_changes_is_served_only_while_nothing_ran(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(prefetch, "FACT_MODULES", (*prefetch.FACT_MODULES, __name__))  # LagsChanges, by name
+    lagging, other = tmp_path / "lagging", tmp_path / "other"
+    lagging.write_text("before\n")
+    other.write_text("x")
+    quiet = [(record_file, {"path": str(other)}), (record_lagging, {"path": str(lagging)})]
+    run_local(quiet)  # remembered
+    commands = counting_commands(monkeypatch)
+    SEEN_LAGGING.clear()
+    run_local(quiet)
+    assert len(commands) == 1 and "machine-id" in commands[0]  # nothing changed: from the prefetch
+    assert SEEN_LAGGING == ["before"]
+
+    changing = [
+        (record_lagging, {"path": str(lagging)}),
+        (server.shell, {"commands": [f"echo after > {lagging}"]}),
+        (record_file, {"path": str(other)}),
+        (record_file, {"path": str(other)}),  # quiet again: the facts to come are refilled
+        (record_lagging, {"path": str(lagging)}),
+    ]
+    run_local(changing)  # remembered
+    lagging.write_text("before\n")
+    commands.clear()
+    SEEN_LAGGING.clear()
+    run_local(changing)
+    assert SEEN_LAGGING == ["before", "after"]
+    reads = [command for command in commands if f"cat {lagging}" in command]
+    # In the first prefetch, then on its own after the change: never in the refill.
+    assert len(reads) == 2 and "machine-id" in reads[0] and "machine-id" not in reads[1], reads
+    assert sum("machine-id" in command for command in commands) == 2  # the prefetch and one refill

@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 
 from pyinfra.api import FactBase
 
+from aisha_infra.deploy.prefetch import UNTIL_CHANGE
+
 
 class CertificateState(FactBase):
     """
@@ -104,9 +106,10 @@ class ServedCertificate(FactBase):
     """
 
     requires_command = "openssl"
-    # Read on its own when verify asks (aisha_infra/deploy/prefetch.py): right after a reload
-    # it waits for nginx to hand over, which a prefetch made before the reload cannot see.
-    prefetch = False
+    # Right after a reload it waits for nginx to hand over, which a prefetch made before the
+    # reload cannot see: served from the prefetch only while the run has changed nothing on
+    # the host, else read when verify asks (aisha_infra/deploy/prefetch.py).
+    prefetch = UNTIL_CHANGE
 
     def command(self, port: int, domain: str, config: str) -> str:
         return _SERVED_VS_CONFIGURED.format(
