@@ -44,6 +44,9 @@ from pyinfra.api.state import BaseStateCallback
 from pyinfra.context import ctx_host
 from pyinfra.facts.files import LINUX_STAT_COMMAND, Directory, File, Link, Sha1File
 
+GROUPS = 4  # parts run at once on the host, each group's one after another
+# A fact class may say how slow its command is next to a plain one (1), e.g.
+# `prefetch_cost = 4` for several openssl runs: the slow ones are spread over the groups.
 REFILLS = 3  # refills after changes, a run: a fresh host changes at nearly every step
 # Facts of these modules may be named in the remembered list.
 FACT_MODULES = ("pyinfra.facts.", "aisha_infra.deploy.facts.")
@@ -159,25 +162,40 @@ class Prefetched(FactBase):
     the host's machine id and each fact's exit status and stdout lines. Each part runs in
     its own subshell with stdin closed, between two marker lines that carry a random nonce
     (no file's content can fake them); plain file facts come from one stat and one sha1sum
-    (see batched). When the host is not `machine`, only its id is read.
+    (see batched). The parts run in GROUPS groups at once, each writing to its own file in a
+    private temporary directory, printed one after another when all are done. When the host
+    is not `machine`, only its id is read.
     """
 
     def command(self, queries: Queries, nonce: str, machine: str) -> StringCommand:
-        bits: list = ["m=$(cat /etc/machine-id 2>/dev/null);", "echo", f'"@@{nonce}-machine:$m";',
-                      "test", '"$m"', "=", QuoteString(machine), "||", "exit", "0", "\n"]
         stat, sha1 = batched(queries)
+        jobs: list[list] = []
+        costs: list[int] = []  # each job's prefetch_cost: the slow ones go to different groups
         if stat:
-            bits += ["echo", f"@@{nonce}-stat;", "stat", "-c", QuoteString(f"%n|{_STAT_FORMAT}"), "--",
-                     _STAT_SENTINEL, *sorted(set(stat.values())), "2>/dev/null", "</dev/null;", "echo", f"@@{nonce}-stat-end", "\n"]
+            jobs.append(["echo", f"@@{nonce}-stat;", "stat", "-c", QuoteString(f"%n|{_STAT_FORMAT}"), "--",
+                         _STAT_SENTINEL, *sorted(set(stat.values())), "2>/dev/null", "</dev/null;",
+                         "echo", f"@@{nonce}-stat-end", "\n"])
+            costs.append(1)
         if sha1:
-            bits += ["echo", f"@@{nonce}-sha1;", "sha1sum", "--", _SHA1_SENTINEL, *sorted(set(sha1.values())),
-                     "2>/dev/null", "</dev/null;", "echo", f"@@{nonce}-sha1-end", "\n"]
+            jobs.append(["echo", f"@@{nonce}-sha1;", "sha1sum", "--", _SHA1_SENTINEL, *sorted(set(sha1.values())),
+                         "2>/dev/null", "</dev/null;", "echo", f"@@{nonce}-sha1-end", "\n"])
+            costs.append(1)
         for index, key in enumerate(queries):
             if key in stat or key in sha1:
                 continue
             cls, kwargs = fact_from_key(key)
-            bits += ["echo", QuoteString(f"@@{nonce}:{index}"), "\n(", part_command(cls(), kwargs),
-                     "\n) </dev/null\n", "echo", f'"@@{nonce}-end:{index}:$?"', "\n"]
+            jobs.append(["echo", QuoteString(f"@@{nonce}:{index}"), "\n(", part_command(cls(), kwargs),
+                         "\n) </dev/null\n", "echo", f'"@@{nonce}-end:{index}:$?"', "\n"])
+            costs.append(getattr(cls, "prefetch_cost", 1))
+        bits: list = ["m=$(cat /etc/machine-id 2>/dev/null);", "echo", f'"@@{nonce}-machine:$m";',
+                      "test", '"$m"', "=", QuoteString(machine), "||", "exit", "0", "\n"]
+        if not jobs:
+            return StringCommand(*bits)
+        groups = _balanced(jobs, costs)
+        bits += ["d=$(mktemp -d)", "||", "exit", "1;", "trap", "'rm", "-rf", '"$d"\'', "EXIT", "\n"]
+        for number, group in enumerate(groups):
+            bits += ["{\n", *(bit for job in group for bit in job), "}", ">", f'"$d/{number}"', "&", "\n"]
+        bits += ["wait;", "cat", *(f'"$d/{number}"' for number in range(len(groups))), "\n"]
         return StringCommand(*bits)
 
     def process(self, output):
@@ -186,6 +204,18 @@ class Prefetched(FactBase):
     @staticmethod
     def default():
         return []
+
+
+def _balanced(jobs: list, costs: list[int]) -> list[list]:
+    """At most GROUPS groups of jobs, of about equal total cost: the costliest first, each to
+    the group with the least so far."""
+    groups: list[list] = [[] for _ in range(min(GROUPS, len(jobs)))]
+    totals = [0] * len(groups)
+    for cost, job in sorted(zip(costs, jobs), key=lambda pair: -pair[0]):  # stable: ties keep their order
+        lightest = totals.index(min(totals))
+        groups[lightest].append(job)
+        totals[lightest] += cost
+    return groups
 
 
 def parse_parts(lines: list[str], queries: Queries, nonce: str) -> tuple[str | None, dict[str, tuple[int, list[str]]]]:

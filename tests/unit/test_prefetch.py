@@ -274,3 +274,27 @@ def test_a_fact_that_lags_changes_is_served_only_while_nothing_ran(tmp_path, mon
     # In the first prefetch, then on its own after the change: never in the refill.
     assert len(reads) == 2 and "machine-id" in reads[0] and "machine-id" not in reads[1], reads
     assert sum("machine-id" in command for command in commands) == 2  # the prefetch and one refill
+
+
+def test_slow_parts_go_to_different_groups():
+    jobs = [f"job{number}" for number in range(7)]
+    costs = [1, 5, 1, 4, 1, 4, 1]
+    groups = prefetch._balanced(jobs, costs)
+    assert len(groups) == prefetch.GROUPS == 4
+    assert sorted(job for group in groups for job in group) == jobs
+    assert [group[0] for group in groups] == ["job1", "job3", "job5", "job0"]  # the slow ones apart
+    assert prefetch._balanced(["only"], [1]) == [["only"]]
+
+
+def test_the_groups_leave_no_file_behind(tree, tmp_path, monkeypatch):
+    monkeypatch.setattr(prefetch, "fact_from_key", lambda key: dict(keys)[key])
+    keys = [(json.dumps([cls.__name__, kwargs]), (cls, kwargs))
+            for cls, kwargs in [(File, {"path": str(tree / "pkg" / "app.py")}), (Os, {}), (Fails, {"code": 1})]]
+    queries = prefetch.Queries(key for key, _ in keys)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    command = raw(prefetch.Prefetched().command(queries, "0123456789abcdef", Path("/etc/machine-id").read_text().strip()))
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "TMPDIR": str(scratch)})
+    assert result.returncode == 0 and "@@0123456789abcdef-end:2:1" in result.stdout
+    assert list(scratch.iterdir()) == []

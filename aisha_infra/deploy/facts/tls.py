@@ -27,6 +27,7 @@ class CertificateState(FactBase):
     """
 
     requires_command = "openssl"
+    prefetch_cost = 4  # openssl, three times
 
     def command(self, cert: str, key: str | None = None) -> str:
         c = shlex.quote(cert)
@@ -110,6 +111,7 @@ class ServedCertificate(FactBase):
     # reload cannot see: served from the prefetch only while the run has changed nothing on
     # the host, else read when verify asks (aisha_infra/deploy/prefetch.py).
     prefetch = UNTIL_CHANGE
+    prefetch_cost = 5  # openssl three times, one a TLS handshake
 
     def command(self, port: int, domain: str, config: str) -> str:
         return _SERVED_VS_CONFIGURED.format(

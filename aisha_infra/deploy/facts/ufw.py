@@ -30,6 +30,7 @@ class UfwState(FactBase):
     """
 
     requires_command = "ufw"
+    prefetch_cost = 4  # `ufw show added` is a Python program
 
     @staticmethod
     def default():
