@@ -49,6 +49,9 @@ def test_fact_sees_the_configured_certificate_served(certificates):
         state = read_fact(server.port, snippet)
     assert state["path"] == str(paths["new"][0]) and state["served"] == state["configured"]
     assert len(state["served"].split(":")) == 32  # a SHA-256 fingerprint
+    by_openssl = subprocess.run(["openssl", "x509", "-in", str(paths["new"][0]), "-noout", "-fingerprint", "-sha256"],
+                                capture_output=True, text=True, check=True).stdout
+    assert state["configured"] == by_openssl.strip().split("=", 1)[1]  # as openssl prints it
 
 
 def test_fact_sees_an_old_certificate_still_served(certificates, monkeypatch):
