@@ -22,6 +22,7 @@ from pyinfra.api.operations import run_ops
 from pyinfra.connectors.local import LocalConnector
 from pyinfra.facts.files import Directory, File, FileContents, Link, Sha1File
 from pyinfra.facts.server import Os
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import server
 
 from aisha_infra.deploy import prefetch
@@ -298,3 +299,55 @@ def test_the_groups_leave_no_file_behind(tree, tmp_path, monkeypatch):
                             env={**os.environ, "TMPDIR": str(scratch)})
     assert result.returncode == 0 and "@@0123456789abcdef-end:2:1" in result.stdout
     assert list(scratch.iterdir()) == []
+
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+# `systemctl show --all --property Id --property P ... UNIT...` as systemd prints it: one block a
+# unit, blank-line separated, properties in systemd's order (Id, SubState, UnitFileState).
+test "$1" = show || exit 1
+shift
+props= first=1
+while [ $# -gt 0 ]; do
+    case "$1" in --all|--) ;; --property) props="$props $2"; shift ;; *)
+        [ -n "$first" ] || echo
+        first=
+        for p in Id SubState UnitFileState; do
+            case " $props " in *" $p "*)
+                case $p in Id) echo "Id=$1" ;; SubState) echo "SubState=running" ;; *) echo "UnitFileState=enabled" ;; esac ;;
+            esac
+        done ;;
+    esac
+    shift
+done
+"""
+
+
+def test_systemd_units_come_from_one_systemctl(tmp_path, monkeypatch):
+    """Real systemd is checked end to end (tests/e2e: a converged host is read in one command);
+    here: each fact gets exactly the lines its own command prints, and a systemctl that
+    fails leaves every unit to be read the normal way."""
+    fake = tmp_path / "bin" / "systemctl"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_SYSTEMCTL)
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+
+    asked = [(cls, {"services": [unit], "user_mode": False, "machine": None, "user_name": None})
+             for unit in ("nginx.service", "aisha-api.socket") for cls in (SystemdStatus, SystemdEnabled)]
+    asked += [(SystemdStatus, {"services": ["nginx.service"], "user_mode": True, "machine": None, "user_name": None})]
+    keys = [(json.dumps([cls.__name__, kwargs]), (cls, kwargs)) for cls, kwargs in asked]
+    monkeypatch.setattr(prefetch, "fact_from_key", lambda key: dict(keys)[key])
+    queries = prefetch.Queries(key for key, _ in keys)
+    nonce, machine = "0123456789abcdef", Path("/etc/machine-id").read_text().strip()
+    assert len(prefetch.systemd_batched(queries)) == 4  # not the user-mode one
+
+    _, lines = run_sh(raw(prefetch.Prefetched().command(queries, nonce, machine)))
+    _, parts = prefetch.parse_parts(lines, queries, nonce)
+    for key, (cls, kwargs) in keys:
+        assert parts[key] == run_sh(raw(prefetch.part_command(cls(), kwargs))), key
+    assert parts[keys[1][0]] == (0, ["Id=nginx.service", "UnitFileState=enabled"])
+
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    _, lines = run_sh(raw(prefetch.Prefetched().command(queries, nonce, machine)))
+    _, parts = prefetch.parse_parts(lines, queries, nonce)
+    assert set(parts) == {keys[4][0]}  # the user-mode unit, in its own part
