@@ -8,8 +8,10 @@ each by the fact's own command, and parses each part with the fact's own `proces
 
 Sound, because what is served is what the host was when the prefetch read it:
 - as soon as an operation has run a command on the host, nothing more is served from it;
-  facts are read one by one again, and once an operation finds nothing to change the facts
-  still to come are read again in one command (at most REFILLS times a run);
+  the facts still to come are read again in one command, at most REFILLS times a run:
+  right away after a change among quiet operations (a drift repair), else once an
+  operation finds nothing to change (changes in a row: a new release); meanwhile facts are
+  read one by one;
 - a fact whose part failed or whose command is missing on the host, or one asked with other
   connector arguments (another sudo user, say) than the prefetch ran with, is read the
   normal way, with pyinfra's own error handling;
@@ -323,7 +325,8 @@ class HostFacts:
     connection: tuple = ()  # the connector arguments the parts were read with
     read_while_executing: bool = False
     refills: int = 0
-    quiet_since_change: bool = False  # an operation ran no command since the parts were dropped
+    refill_due: bool = False  # the parts were dropped: the facts still to come may be read again
+    last_changed: bool = False  # the last operation ran a command on the host
     last_operation: str | None = None
 
 
@@ -353,12 +356,12 @@ def _serve(state, host, facts: HostFacts, cls, kwargs: dict, key: str):
     """The fact's value from the parts, or None to read it the normal way."""
     if facts.parts and state.is_executing and not facts.read_while_executing and state.should_check_for_changes():
         # Read before the user confirmed the changes: maybe long ago.
-        facts.parts, facts.quiet_since_change = {}, True
-    if not facts.parts and facts.quiet_since_change and facts.refills < REFILLS and facts.following:
+        facts.parts, facts.refill_due = {}, True
+    if not facts.parts and facts.refill_due and facts.refills < REFILLS and facts.following:
         still_to_come = facts.remembered[facts.following - 1:]
         if still_to_come[:1] == [key] and not _until_change(key):
             facts.refills += 1
-            facts.quiet_since_change = False
+            facts.refill_due = False
             _read(state, host, facts, [each for each in still_to_come if not _until_change(each)])
     part = facts.parts.get(key)
     if part is None or part[0] != 0 or part[1] == [_MISSING_COMMAND_MARKER]:
@@ -376,7 +379,8 @@ def _until_change(key: str) -> bool:
 
 
 class _Invalidate(BaseStateCallback):
-    """Drops a host's parts once an operation ran a command there; remembers at the end."""
+    """Drops a host's parts once an operation ran a command there, says when to refill;
+    remembers at the end."""
 
     @staticmethod
     def operation_host_start(state, host, op_hash):
@@ -384,14 +388,15 @@ class _Invalidate(BaseStateCallback):
         if facts is None:
             return
         if host.executing_op_hash is not None:  # an operation run from inside another
-            facts.parts, facts.quiet_since_change = {}, False
+            facts.parts, facts.refill_due = {}, False
             return
         if facts.last_operation is not None:
             meta = state.ops[host][facts.last_operation].operation_meta
-            if meta.executed:
-                facts.parts, facts.quiet_since_change = {}, False
+            if meta.executed:  # after a quiet one, refill now; after another change, wait for a quiet one
+                facts.parts, facts.refill_due = {}, not facts.last_changed
             elif not facts.parts:
-                facts.quiet_since_change = True
+                facts.refill_due = True
+            facts.last_changed = bool(meta.executed)
         facts.last_operation = op_hash if op_hash in state.ops[host] else None
 
     @staticmethod

@@ -351,3 +351,28 @@ def test_systemd_units_come_from_one_systemctl(tmp_path, monkeypatch):
     _, lines = run_sh(raw(prefetch.Prefetched().command(queries, nonce, machine)))
     _, parts = prefetch.parse_parts(lines, queries, nonce)
     assert set(parts) == {keys[4][0]}  # the user-mode unit, in its own part
+
+
+def test_a_lone_change_refills_at_once_changes_in_a_row_wait_for_a_quiet_operation(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    files = [tmp_path / name for name in "abcd"]
+    for each in files:
+        each.write_text("x")
+    record = [(record_file, {"path": str(each)}) for each in files]
+    change = (server.shell, {"commands": [f"touch {files[1]} {files[2]} {files[3]}"]})
+
+    lone = [record[0], change, record[1], record[2], record[3]]  # a drift repair
+    run_local(lone)  # remembered
+    commands = counting_commands(monkeypatch)
+    os.utime(files[1], (0, 0))
+    SEEN.clear()
+    run_local(lone)
+    assert [command.startswith("m=$(cat /etc/machine-id") for command in commands] == [True, False, True]
+    assert SEEN[1]["mtime"].year > 1970  # after the change
+
+    in_a_row = [record[0], change, change, record[1], record[2], record[3]]  # a new release
+    run_local(in_a_row)
+    commands.clear()
+    run_local(in_a_row)
+    # The prefetch, two changes, b on its own, then c and d in one refill (b's operation was quiet).
+    assert [command.startswith("m=$(cat /etc/machine-id") for command in commands] == [True, False, False, False, True]

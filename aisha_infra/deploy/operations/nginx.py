@@ -14,7 +14,7 @@ import time
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import StringCommand, operation
+from pyinfra.api import operation
 from pyinfra.api.exceptions import OperationError
 from pyinfra.facts.files import Link, Sha1File
 
@@ -70,8 +70,7 @@ def validated_config(template: str, dest: str, context: dict, enable_link: str |
     if not same_content:
         show_diff(dest, content)
     staged = f"{dest}.aisha-new"
-    yield from upload(StringIO(content), staged, mode="0644")
-    yield StringCommand(swap_and_test_script(dest, staged, enable_link))
+    yield from upload(StringIO(content), staged, mode="0644", then=swap_and_test_script(dest, staged, enable_link))
 
 
 @operation()

@@ -22,12 +22,14 @@ from pyinfra.facts.files import File, FileContents, Sha1File
 from pyinfra.operations.util.files import generate_color_diff
 
 
-def upload(src: str | IO, dest: str, mode: str, user: str = "root", group: str = "root"):
+def upload(src: str | IO, dest: str, mode: str, user: str = "root", group: str = "root", then: str | None = None):
     """The commands that put `src` (a local path or a file object) at `dest`, owned and
-    moded as given; `dest`'s directory must keep others out until the chmod."""
+    moded as given; `dest`'s directory must keep others out until the chmod. `then`, a
+    script, runs after the chmod in the same command (one round trip less)."""
     temp_dir = (host.current_op_global_arguments or {}).get("_temp_dir")
     yield FileUploadCommand(src, dest, remote_temp_filename=host.get_temp_filename(dest, temp_directory=temp_dir))
-    yield StringCommand(f"chown {shlex.quote(f'{user}:{group}')} {shlex.quote(dest)} && chmod {mode} {shlex.quote(dest)}")
+    ownership = f"chown {shlex.quote(f'{user}:{group}')} {shlex.quote(dest)} && chmod {mode} {shlex.quote(dest)}"
+    yield StringCommand(f"{ownership} || exit 1\n{then}" if then else ownership)
 
 
 def diff_lines(live: list[str] | None, content: str) -> list[str]:
