@@ -16,6 +16,7 @@ files. Everything after the wait needs them (nginx, openssl, ufw, certbot).
 from pyinfra import host
 
 from aisha_infra.deploy.config import check_supported_systems, host_settings
+from aisha_infra.deploy.operation_order import order_operations_without_source
 from aisha_infra.deploy.prefetch import prefetch_facts
 from aisha_infra.tasks.app import can_serve_before_packages, serve_app, stage_app
 from aisha_infra.tasks.backup import remove_backups, restore_events, schedule_backups
@@ -40,6 +41,7 @@ def deploy_webhook_host():
     names are read by people, the rollout ("App | Serve release ...") and the tests.
     Connection arguments (_sudo, ...) come from host data, as for any deploy file."""
     settings = host_settings()
+    order_operations_without_source()
     # Every host's facts of its last run, one command each; first, Nagle off on each connection.
     prefetch_facts(host.state, connected=send_without_delay)
     check_supported_systems(host.state)
