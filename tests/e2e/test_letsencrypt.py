@@ -116,6 +116,7 @@ def test_issues_by_http01_and_serves_the_chain(scenario):
     assert "Let's Encrypt issued a certificate for aibots.test" in run.output
     assert "TLS state: OK" in run.output and "DEGRADED" not in run.output
     assert "Certificate: issuer CN=Pebble Intermediate" in run.output
+    assert "2 certificate(s) sent" in run.output  # leaf and intermediate, from the health connection
     [summary] = summary_lines(run)
     assert "TLS OK | issuer CN=Pebble Intermediate" in summary and "health OK" in summary
     # certbot ran as root through sudo: admin could not have written these
