@@ -81,8 +81,10 @@ def install_watch() -> InstalledWatch:
         dest=paths.CERTBOT_ONFAILURE_DROPIN_PATH,
     )
     systemd.daemon_reload(name="Reload systemd units", _if=any_changed(service, timer, certbot_dropin))
-    # Enabling reloads systemd: done now, while the packages install; start_watch starts it.
-    systemd.service(name="Enable aisha-watch.timer at boot", service="aisha-watch.timer", enabled=True)
+    # Enabling reloads systemd: done now, while the packages install. Not started: its first
+    # check would find no nginx yet (and alert); start_watch starts it.
+    systemd.service(name="Enable aisha-watch.timer at boot", service="aisha-watch.timer",
+                    running=None, enabled=True)
     return InstalledWatch(script, config, alert_url, service, timer)
 
 
@@ -117,6 +119,13 @@ def start_watch(installed: InstalledWatch):
             enabled=True,
         )
 
+    # A new checker or configuration reports at once instead of at the next tick; before the
+    # timer (re)starts, whose first tick (OnActiveSec) then never runs into this one.
+    server.shell(
+        name="Check once now with the new watch",
+        commands=["systemctl start aisha-watch.service"],
+        _if=any_changed(installed.checker, installed.config, installed.alert_url, installed.service),
+    )
     # restarted= only acts on a running timer; the next operation starts a stopped one.
     systemd.service(
         name="Restart aisha-watch.timer for its new interval",
@@ -125,12 +134,6 @@ def start_watch(installed: InstalledWatch):
         _if=installed.timer.did_change,
     )
     systemd.service(name="Run aisha-watch.timer", service="aisha-watch.timer", running=True, enabled=True)
-    # A new checker or configuration reports at once instead of at the next tick.
-    server.shell(
-        name="Check once now with the new watch",
-        commands=["systemctl start aisha-watch.service"],
-        _if=any_changed(installed.checker, installed.config, installed.alert_url, installed.service),
-    )
 
 
 @deploy("Watch (off)", data_defaults=DEFAULTS)

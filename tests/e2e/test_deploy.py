@@ -51,6 +51,12 @@ def test_packages_install_while_the_rest_is_staged(deployed_host):
     assert any(name.startswith("App | Serve release ") for name in names[:wait])
     assert "Watch | Check once now with the new watch" in names[wait:]
     host = deployed_host.host
+    # The watch's timer is enabled early but starts only once the site is live (nginx reloaded
+    # for it): its first check never sees a host half done.
+    journal = host.run("journalctl -q -o short-unix --no-pager -u nginx.service -u aisha-watch.timer").stdout
+    first = {event: next(float(line.split()[0]) for line in journal.splitlines() if event in line)
+             for event in ("Reloaded nginx.service", "Started aisha-watch.timer")}
+    assert first["Started aisha-watch.timer"] > first["Reloaded nginx.service"], journal
     assert host.run(f"test -e {paths.PACKAGES_RUN_DIR}", check=False).returncode != 0
     assert host.run(f"systemctl list-units --all --no-legend {paths.PACKAGES_UNIT}").stdout.strip() == ""
 
