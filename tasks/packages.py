@@ -44,7 +44,7 @@ def start_installing_packages():
 def wait_for_packages(started):
     settings = host_settings()
     packages_install_waited(
-        name=f"Wait for the install ({paths.PACKAGES_UNIT})",
+        name=f"Wait for the install ({paths.PACKAGES_UNITS})",
         timeout=settings.apt_timeout,
         _timeout=settings.apt_timeout,
         _if=started.did_change,

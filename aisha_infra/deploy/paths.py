@@ -66,5 +66,8 @@ RENEWAL_HOOK_PATH = "/etc/letsencrypt/renewal-hooks/deploy/aisha-reload-nginx.sh
 
 # Packages install in the background (tasks/packages.py): a transient unit, its script,
 # output and exit status in a directory only root can read; both gone once waited for.
-PACKAGES_UNIT = "aisha-packages.service"
+# Each install has a unit of its own, aisha-packages-<start time>.service: one that systemd
+# could not collect (its cgroup still there) never blocks the next.
+PACKAGES_UNIT = "aisha-packages"
+PACKAGES_UNITS = f"{PACKAGES_UNIT}-*.service"
 PACKAGES_RUN_DIR = "/run/aisha-packages"

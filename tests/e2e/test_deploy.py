@@ -43,7 +43,7 @@ def test_packages_install_while_the_rest_is_staged(deployed_host):
     everything needing the packages after it. Nothing of the install is left."""
     started = re.findall(r"--> Starting operation: (\w[\w ]*?) \| (.*?)\s*$", deployed_host.first_run.output, re.M)
     names = [f"{deploy} | {operation}" for deploy, operation in started]
-    wait = names.index(f"Packages | Wait for the install ({paths.PACKAGES_UNIT})")
+    wait = names.index(f"Packages | Wait for the install ({paths.PACKAGES_UNITS})")
     assert names[0].startswith("Packages | Install ")
     before, after = {name.split(" | ")[0] for name in names[:wait]}, {name.split(" | ")[0] for name in names[wait:]}
     assert {"Service user", "App", "Backups", "Watch"} <= before and not {"TLS", "Nginx", "Firewall", "Verify"} & before
@@ -58,7 +58,8 @@ def test_packages_install_while_the_rest_is_staged(deployed_host):
              for event in ("Reloaded nginx.service", "Started aisha-watch.timer")}
     assert first["Started aisha-watch.timer"] > first["Reloaded nginx.service"], journal
     assert host.run(f"test -e {paths.PACKAGES_RUN_DIR}", check=False).returncode != 0
-    assert host.run(f"systemctl list-units --all --no-legend {paths.PACKAGES_UNIT}").stdout.strip() == ""
+    assert host.run("systemctl list-units --no-legend --plain --state=activating,active,deactivating "
+                    f"{paths.PACKAGES_UNITS}").stdout.strip() == ""
 
 
 def test_second_run_changes_nothing(deployed_host):

@@ -4,6 +4,7 @@ port than the `ssh_port` setting, and a system the deploy does not support."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -91,26 +92,41 @@ def install_retired_stand_in(host: LabHost) -> None:
              "&& dpkg -i /tmp/retired.deb >/dev/null && rm -rf /tmp/retired /tmp/retired.deb")
 
 
+# The background installs still running (one that ended may stay listed, inactive, where
+# systemd cannot remove its cgroup, as in the lab's containers now and then).
+INSTALLS_RUNNING = f"systemctl list-units --no-legend --plain --state=activating,active,deactivating {paths.PACKAGES_UNITS}"
+
+
 def assert_no_install_left(host: LabHost) -> None:
     """The background install leaves neither its unit nor its files."""
     assert host.run(f"test -e {paths.PACKAGES_RUN_DIR}", check=False).returncode != 0
-    assert host.run(f"systemctl list-units --all --no-legend {paths.PACKAGES_UNIT}").stdout.strip() == ""
+    assert host.run(f"{INSTALLS_RUNNING}").stdout.strip() == ""
+
+
+def deploy_with_dpkg_hook(host: LabHost, hosts_file, command: str):
+    """A deploy while dpkg runs `command` before it installs anything (removed after)."""
+    hook = "/etc/apt/apt.conf.d/99aisha-test-hook"
+    host.run(f"echo {shlex.quote(f'DPkg::Pre-Invoke {{ {json.dumps(command)}; }};')} > {hook}")
+    try:
+        return run_deploy(hosts_file)
+    finally:
+        host.run(f"rm -f {hook}")
+
+
+def assert_apt_failed(host: LabHost, failed, words: str) -> None:
+    """The run failed saying `words`, before anything that needs the packages, and left nothing."""
+    assert failed.returncode != 0
+    assert words in failed.output, failed.output[-3000:]
+    assert "Starting operation: Nginx |" not in failed.output
+    assert_no_install_left(host)
 
 
 def test_failing_apt_fails_the_host_with_apts_own_words(locked_host, tmp_path):
     host = locked_host
     hosts_file = write_hosts_file(tmp_path / "hosts.json", [host])
     install_retired_stand_in(host)
-    host.run("echo 'DPkg::Pre-Invoke { \"echo aisha-test: dpkg refused >&2; false\"; };' "
-             "> /etc/apt/apt.conf.d/99aisha-test-fail")
-    try:
-        failed = run_deploy(hosts_file)
-    finally:
-        host.run("rm -f /etc/apt/apt.conf.d/99aisha-test-fail")
-    assert failed.returncode != 0
-    assert "aisha-test: dpkg refused" in failed.output, failed.output[-3000:]
-    assert "Starting operation: Nginx |" not in failed.output
-    assert_no_install_left(host)
+    failed = deploy_with_dpkg_hook(host, hosts_file, "echo aisha-test: dpkg refused >&2; false")
+    assert_apt_failed(host, failed, "aisha-test: dpkg refused")
     assert run_deploy(hosts_file).check().totals["changed"] > 0
     assert_no_install_left(host)
 
@@ -119,15 +135,8 @@ def test_apt_past_apt_timeout_is_stopped_and_leaves_nothing_running(locked_host,
     host = locked_host
     hosts_file = write_hosts_file(tmp_path / "hosts.json", [host], data={"apt_lock_timeout": 1, "apt_timeout": 15})
     install_retired_stand_in(host)
-    host.run("echo 'DPkg::Pre-Invoke { \"sleep 300\"; };' > /etc/apt/apt.conf.d/99aisha-test-hang")
-    try:
-        failed = run_deploy(hosts_file)
-    finally:
-        host.run("rm -f /etc/apt/apt.conf.d/99aisha-test-hang")
-    assert failed.returncode != 0
-    assert "did not finish within 15 s (apt_timeout) and was stopped" in failed.output, failed.output[-3000:]
-    assert "Starting operation: Nginx |" not in failed.output
-    assert_no_install_left(host)
+    failed = deploy_with_dpkg_hook(host, hosts_file, "sleep 300")
+    assert_apt_failed(host, failed, "did not finish within 15 s (apt_timeout) and was stopped")
     assert host.run("pgrep -x 'sleep|apt-get|dpkg'", check=False).stdout.strip() == ""  # its cgroup is gone
     run_deploy(hosts_file).check()
     assert_no_install_left(host)
@@ -178,7 +187,7 @@ def test_interrupted_run_then_next_run_converges(lab_hosts, tmp_path):
     # pyinfra exits 0 on Ctrl-C: the log shows the run stopped during the package step
     assert "Exiting upon user request" in interrupted and "Starting operation: Nginx |" not in interrupted
     # apt runs in its own unit: the interrupted run did not stop it halfway, it finishes.
-    host.run(f"timeout 300 sh -c 'while systemctl is-active -q {paths.PACKAGES_UNIT}; do sleep 0.5; done'")
+    host.run(f"timeout 300 sh -c 'while [ -n \"$({INSTALLS_RUNNING})\" ]; do sleep 0.5; done'")
     states = host.run(f"dpkg-query -W -f='${{db:Status-Abbrev}}\\n' {' '.join(PACKAGES)}").stdout.split()
     assert states == ["ii"] * len(PACKAGES), states
 

@@ -92,29 +92,27 @@ def _changes(packages: list[str], removed: list[str] | tuple) -> list[str]:
             + [f"{package}-" for package in removed if package in installed])
 
 
-# Shared by the start and the wait: the unit still runs (or is starting or stopping).
+# Shared by the start and the wait: an install unit still runs (or is starting or stopping).
 _UNIT_RUNNING = """
 running() {
-    case "$(systemctl show -P ActiveState "$unit" 2>/dev/null)" in
-        active|activating|deactivating|reloading|refreshing) return 0 ;;
-    esac
-    return 1
+    [ -n "$(systemctl list-units --no-legend --plain --state=activating,active,deactivating,reloading "$units" 2>/dev/null)" ]
 }
 """
 
 
 def background_start_script(changes: list[str], lock_wait: int) -> str:
     """Wait (up to `lock_wait`) for an install an interrupted run left running, then start
-    install_script as PACKAGES_UNIT; with no `changes`, only clear what that run left."""
+    install_script as a unit of its own (paths.PACKAGES_UNITS); with no `changes`, only clear
+    what that run left."""
     q = shlex.quote
     run_dir = q(paths.PACKAGES_RUN_DIR)
     lines = [
-        f"dir={run_dir}; unit={q(paths.PACKAGES_UNIT)}; lock_wait={int(lock_wait)}",
+        f"dir={run_dir}; units={q(paths.PACKAGES_UNITS)}; lock_wait={int(lock_wait)}",
         _UNIT_RUNNING.strip(),
         "deadline=$(( $(date +%s) + lock_wait ))",
         "while running; do",
         '    if [ "$(date +%s)" -ge "$deadline" ]; then',
-        '        echo "$unit (a package install an earlier run started) still runs after waiting ${lock_wait} s'
+        '        echo "$units (a package install an earlier run started) still runs after waiting ${lock_wait} s'
         ' (apt_lock_timeout): let it finish, then re-run the deploy; or raise apt_lock_timeout." >&2',
         "        exit 1",
         "    fi",
@@ -129,6 +127,7 @@ def background_start_script(changes: list[str], lock_wait: int) -> str:
             'install -d -m 0700 -o root -g root "$dir" || exit 1',
             f'printf "%s\\n" {q(install_script(changes, lock_wait))} > "$dir/install.sh" || exit 1',
             'date +%s > "$dir/started" || exit 1',
+            f'unit={q(paths.PACKAGES_UNIT)}-$(date +%s%N).service; echo "$unit" > "$dir/unit" || exit 1',
             # --collect: the unit is gone once it ends, failed or not.
             'systemd-run --quiet --collect --service-type=exec --unit="$unit" '
             '--description="aisha-infra: install packages" /bin/sh -c ' + q(run),
@@ -137,12 +136,15 @@ def background_start_script(changes: list[str], lock_wait: int) -> str:
 
 
 def background_wait_script(timeout: int) -> str:
-    """Wait for PACKAGES_UNIT's exit status, up to `timeout` seconds after it started; show
+    """Wait for the install unit's exit status, up to `timeout` seconds after it started; show
     apt's output (on stderr when it failed), and leave nothing behind."""
     return "\n".join([
-        f"dir={shlex.quote(paths.PACKAGES_RUN_DIR)}; unit={shlex.quote(paths.PACKAGES_UNIT)}; timeout={int(timeout)}",
+        f"dir={shlex.quote(paths.PACKAGES_RUN_DIR)}; units={shlex.quote(paths.PACKAGES_UNITS)}; timeout={int(timeout)}",
         _UNIT_RUNNING.strip(),
+        # Its last act is writing the status: then it only has to exit (5 s at most).
+        'ended() { n=0; while running && [ "$n" -lt 50 ]; do sleep 0.1; n=$((n + 1)); done; }',
         'test -f "$dir/started" || exit 0  # the start only cleared what an interrupted run left',
+        'unit=$(cat "$dir/unit")',
         'deadline=$(( $(cat "$dir/started") + timeout ))',
         'while ! test -f "$dir/status"; do',
         '    if ! running && ! test -f "$dir/status"; then',
@@ -160,6 +162,7 @@ def background_wait_script(timeout: int) -> str:
         "    sleep 0.2",
         "done",
         'status=$(cat "$dir/status")',
+        'ended',
         'if [ "$status" = 0 ]; then cat "$dir/output"; else cat "$dir/output" >&2; fi',
         'rm -rf "$dir"',
         'exit "$status"',
