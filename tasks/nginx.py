@@ -4,6 +4,7 @@ from pyinfra.operations.util import any_changed
 
 from aisha_infra.deploy import paths, rendering
 from aisha_infra.deploy.config import host_settings
+from aisha_infra.deploy.operations import nginx
 from aisha_infra.deploy.operations.nginx import certificate_snippet, site_config
 from aisha_infra.deploy.settings import DEFAULTS, Settings
 
@@ -39,6 +40,12 @@ def configure_site(certificate_changes: list | tuple = ()):
         path=paths.DEFAULT_SITE_LINK,
         present=False,
     )
+    files.template(
+        name="Rotate the webhook logs",
+        **rendering.template_source("logrotate/aisha.j2"),
+        dest=paths.LOGROTATE_PATH,
+        **rendering.logrotate_context(settings),
+    )
     snippet = point_site_at_certificate(settings, name="Point the site at its certificate")
     # HTTP/2 syntax from nginx's own version, read on the host (site_config)
     site = site_config(
@@ -48,17 +55,10 @@ def configure_site(certificate_changes: list | tuple = ()):
         context=rendering.site_context(settings),
         enable_link=paths.NGINX_SITE_LINK,
     )
-    files.template(
-        name="Rotate the webhook logs",
-        **rendering.template_source("logrotate/aisha.j2"),
-        dest=paths.LOGROTATE_PATH,
-        **rendering.logrotate_context(settings),
-    )
-    # reloaded= only acts on a running nginx; the next operation starts a stopped one.
-    systemd.service(
+    # Right after the files it reloads: only a running nginx; the next operation starts a stopped one.
+    nginx.reloaded(
         name="Reload nginx for the new configuration or certificate",
         service="nginx.service",
-        reloaded=True,
         _if=any_changed(default_site, snippet, site, *certificate_changes),
     )
     systemd.service(name="Run nginx", service="nginx.service", running=True, enabled=True)

@@ -9,15 +9,16 @@ each by the fact's own command, and parses each part with the fact's own `proces
 Sound, because what is served is what the host was when the prefetch read it:
 - as soon as an operation has run a command on the host, nothing more is served from it;
   the facts still to come are read again in one command, at most REFILLS times a run:
-  right away after a change among quiet operations (a drift repair), else once an
-  operation finds nothing to change (changes in a row: a new release); meanwhile facts are
-  read one by one;
+  at the first fact asked after a change (a drift repair: the file, then the reload
+  chained to it), unless a refill was already dropped since an operation last found
+  nothing to change (changes in a row: a new release), then once one does; meanwhile
+  facts are read one by one;
 - a fact whose part failed or whose command is missing on the host, or one asked with other
   connector arguments (another sudo user, say) than the prefetch ran with, is read the
   normal way, with pyinfra's own error handling;
-- a fact whose value may lag a change the run made (`prefetch = UNTIL_CHANGE`: nginx's
-  served certificate, which waits for a reload to hand over) is served only while no
-  command has run on the host, and never refilled;
+- a fact whose normal read waits for the host to settle (nginx's served certificate, right
+  after a reload) is read in the prefetch with its `prefetch_arguments`, without waiting:
+  a value it cannot vouch for exits non-zero, and the fact is read the normal way;
 - what is remembered only decides which facts are read at once: a stale list costs time,
   never a wrong value. A new host (name and address) has no list, and a new machine under
   a known one (another /etc/machine-id) is not read from it: nothing is prefetched, that run.
@@ -52,6 +53,7 @@ GROUPS = 4  # parts run at once on the host, each group's one after another
 # A fact class may say how slow its command is next to a plain one (1), e.g.
 # `prefetch_cost = 4` for several openssl runs: the slow ones are spread over the groups.
 REFILLS = 3  # refills after changes, a run: a fresh host changes at nearly every step
+# A fact class may give `prefetch_arguments`, added to its arguments in the prefetch only.
 # Facts of these modules may be named in the remembered list.
 FACT_MODULES = ("pyinfra.facts.", "aisha_infra.deploy.facts.")
 # The connector arguments that change what a command sees (who runs it, where, with what).
@@ -60,9 +62,6 @@ _CONNECTION_KEYS = (
     "_su_user", "_use_su_login", "_preserve_su_env", "_su_shell", "_su_password",
     "_doas", "_doas_user", "_dzdo", "_dzdo_user", "_shell_executable", "_chdir", "_env",
 )
-# A fact class's `prefetch`: read by the run's first prefetch only, so served only while no
-# command has run on the host in this run; after one, read the normal way.
-UNTIL_CHANGE = "until_change"
 # pyinfra's sentinel for a fact whose required command is missing (pyinfra.api.facts).
 _MISSING_COMMAND_MARKER = "##PYINFRA_NOCMD##"
 
@@ -115,9 +114,10 @@ def fact_from_key(key: str) -> tuple[type[FactBase], dict] | None:
 
 
 def part_command(fact: FactBase, kwargs: dict):
-    """The command pyinfra would run for this fact, guarded like pyinfra guards it when
-    the fact requires a program (pyinfra.api.facts._get_fact). Some facts keep their
-    arguments for process(): call it on the same instance."""
+    """The command pyinfra would run for this fact (with its `prefetch_arguments`), guarded
+    like pyinfra guards it when the fact requires a program (pyinfra.api.facts._get_fact).
+    Some facts keep their arguments for process(): call it on the same instance."""
+    kwargs = {**kwargs, **getattr(fact, "prefetch_arguments", {})}
     arguments = getcallargs(fact.command, **kwargs) if kwargs else {}
     arguments.pop("self", None)
     command = fact.command(**arguments) if callable(fact.command) else fact.command
@@ -329,7 +329,7 @@ class HostFacts:
     read_while_executing: bool = False
     refills: int = 0
     refill_due: bool = False  # the parts were dropped: the facts still to come may be read again
-    last_changed: bool = False  # the last operation ran a command on the host
+    refilled_since_quiet: bool = False  # a refill since an operation last found nothing to change
     last_operation: str | None = None
 
 
@@ -362,10 +362,10 @@ def _serve(state, host, facts: HostFacts, cls, kwargs: dict, key: str):
         facts.parts, facts.refill_due = {}, True
     if not facts.parts and facts.refill_due and facts.refills < REFILLS and facts.following:
         still_to_come = facts.remembered[facts.following - 1:]
-        if still_to_come[:1] == [key] and not _until_change(key):
+        if still_to_come[:1] == [key]:
             facts.refills += 1
-            facts.refill_due = False
-            _read(state, host, facts, [each for each in still_to_come if not _until_change(each)])
+            facts.refill_due, facts.refilled_since_quiet = False, True
+            _read(state, host, facts, still_to_come)
     part = facts.parts.get(key)
     if part is None or part[0] != 0 or part[1] == [_MISSING_COMMAND_MARKER]:
         return None
@@ -374,11 +374,6 @@ def _serve(state, host, facts: HostFacts, cls, kwargs: dict, key: str):
     fact, lines = cls(), part[1]
     part_command(fact, kwargs)
     return (fact.process(lines) if lines else fact.default(),)
-
-
-def _until_change(key: str) -> bool:
-    known = fact_from_key(key)
-    return known is not None and getattr(known[0], "prefetch", True) == UNTIL_CHANGE
 
 
 class _Invalidate(BaseStateCallback):
@@ -395,11 +390,12 @@ class _Invalidate(BaseStateCallback):
             return
         if facts.last_operation is not None:
             meta = state.ops[host][facts.last_operation].operation_meta
-            if meta.executed:  # after a quiet one, refill now; after another change, wait for a quiet one
-                facts.parts, facts.refill_due = {}, not facts.last_changed
-            elif not facts.parts:
-                facts.refill_due = True
-            facts.last_changed = bool(meta.executed)
+            if meta.executed:  # refill at the next fact, unless a refill was dropped since the last quiet one
+                facts.parts, facts.refill_due = {}, not facts.refilled_since_quiet
+            else:
+                facts.refilled_since_quiet = False
+                if not facts.parts:
+                    facts.refill_due = True
         facts.last_operation = op_hash if op_hash in state.ops[host] else None
 
     @staticmethod

@@ -150,6 +150,12 @@ def record_file(path: str):
     yield from ()
 
 
+@operation()
+def read_and_touch(path: str):
+    host.get_fact(File, path=path)
+    yield f"touch {path}"
+
+
 def run_local(operations, check_for_changes: bool = False) -> State:
     """A real pyinfra run on this machine (@local) with the prefetch, like deploy.py's;
     `pyinfra -y` by default, else with the change-detection pass first."""
@@ -212,23 +218,24 @@ def test_a_run_without_changes_reads_its_facts_once(tmp_path, monkeypatch):
     assert [seen["mtime"].year for seen in SEEN] == [1970] * 3
 
 
-class LagsChanges(FactBase):
-    """Stands for a fact whose value may lag a change the run made (ServedCertificate)."""
+class Settles(FactBase):
+    """Stands for a fact whose normal read waits for the host to settle (ServedCertificate):
+    its prefetched read does not wait, and exits non-zero for a value it cannot vouch for."""
 
-    prefetch = prefetch.UNTIL_CHANGE
+    prefetch_arguments = {"settle": False}
 
-    def command(self, path: str) -> str:
-        return f"cat {path}"
+    def command(self, path: str, settle: bool = True) -> str:
+        return f"cat {path}" if settle else f"grep -qx settled {path} || exit 3; cat {path}"
 
 
-SEEN_LAGGING: list = []
+SEEN_SETTLING: list = []
 
 
 @operation(is_idempotent=True)
-def record_lagging(path: str):
-    value = host.get_fact(LagsChanges, path=path)
+def record_settling(path: str):
+    value = host.get_fact(Settles, path=path)
     if host.state.is_executing:
-        SEEN_LAGGING.append(value)
+        SEEN_SETTLING.append(value)
     yield from ()
 
 
@@ -244,37 +251,29 @@ def counting_commands(monkeypatch) -> list[str]:
     return commands
 
 
-def test_a_fact_that_lags_changes_is_served_only_while_nothing_ran(tmp_path, monkeypatch):
+def test_a_fact_is_prefetched_with_its_prefetch_arguments(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(prefetch, "FACT_MODULES", (*prefetch.FACT_MODULES, __name__))  # LagsChanges, by name
-    lagging, other = tmp_path / "lagging", tmp_path / "other"
-    lagging.write_text("before\n")
+    monkeypatch.setattr(prefetch, "FACT_MODULES", (*prefetch.FACT_MODULES, __name__))  # Settles, by name
+    settling, other = tmp_path / "settling", tmp_path / "other"
+    settling.write_text("settled\n")
     other.write_text("x")
-    quiet = [(record_file, {"path": str(other)}), (record_lagging, {"path": str(lagging)})]
-    run_local(quiet)  # remembered
-    commands = counting_commands(monkeypatch)
-    SEEN_LAGGING.clear()
-    run_local(quiet)
-    assert len(commands) == 1 and "machine-id" in commands[0]  # nothing changed: from the prefetch
-    assert SEEN_LAGGING == ["before"]
-
-    changing = [
-        (record_lagging, {"path": str(lagging)}),
-        (server.shell, {"commands": [f"echo after > {lagging}"]}),
+    operations = [
+        (record_settling, {"path": str(settling)}),
+        (server.shell, {"commands": [f"echo handing-over > {settling}"]}),
         (record_file, {"path": str(other)}),
-        (record_file, {"path": str(other)}),  # quiet again: the facts to come are refilled
-        (record_lagging, {"path": str(lagging)}),
+        (record_settling, {"path": str(settling)}),
     ]
-    run_local(changing)  # remembered
-    lagging.write_text("before\n")
-    commands.clear()
-    SEEN_LAGGING.clear()
-    run_local(changing)
-    assert SEEN_LAGGING == ["before", "after"]
-    reads = [command for command in commands if f"cat {lagging}" in command]
-    # In the first prefetch, then on its own after the change: never in the refill.
-    assert len(reads) == 2 and "machine-id" in reads[0] and "machine-id" not in reads[1], reads
-    assert sum("machine-id" in command for command in commands) == 2  # the prefetch and one refill
+    run_local(operations)  # remembered
+    settling.write_text("settled\n")
+    commands = counting_commands(monkeypatch)
+    SEEN_SETTLING.clear()
+    run_local(operations)
+    assert SEEN_SETTLING == ["settled", "handing-over"]
+    # The prefetch served the settled value; the refill after the change read it without
+    # waiting and could not vouch for it, so it was read again on its own, the normal way.
+    assert [command.startswith("m=$(cat /etc/machine-id") for command in commands] == [True, False, True, False]
+    assert commands[-1].endswith(f"cat {settling}") and "grep" not in commands[-1]
+    assert "grep -qx settled" in commands[0] and "grep -qx settled" in commands[2]
 
 
 def test_slow_parts_go_to_different_groups():
@@ -353,7 +352,7 @@ def test_systemd_units_come_from_one_systemctl(tmp_path, monkeypatch):
     assert set(parts) == {keys[4][0]}  # the user-mode unit, in its own part
 
 
-def test_a_lone_change_refills_at_once_changes_in_a_row_wait_for_a_quiet_operation(tmp_path, monkeypatch):
+def test_a_change_refills_at_once_a_dropped_refill_waits_for_a_quiet_operation(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     files = [tmp_path / name for name in "abcd"]
     for each in files:
@@ -370,9 +369,17 @@ def test_a_lone_change_refills_at_once_changes_in_a_row_wait_for_a_quiet_operati
     assert [command.startswith("m=$(cat /etc/machine-id") for command in commands] == [True, False, True]
     assert SEEN[1]["mtime"].year > 1970  # after the change
 
-    in_a_row = [record[0], change, change, record[1], record[2], record[3]]  # a new release
+    in_a_row = [record[0], change, change, record[1], record[2], record[3]]  # a file, then its reload
     run_local(in_a_row)
     commands.clear()
     run_local(in_a_row)
-    # The prefetch, two changes, b on its own, then c and d in one refill (b's operation was quiet).
-    assert [command.startswith("m=$(cat /etc/machine-id") for command in commands] == [True, False, False, False, True]
+    # The prefetch, the two changes, then b, c and d in one refill.
+    assert [command.startswith("m=$(cat /etc/machine-id") for command in commands] == [True, False, False, True]
+
+    # A new release: operations that read and change. The refill read for b is dropped by
+    # b's own change: c waits on its own, and d comes in a refill (c's operation was quiet).
+    dropped = [record[0], change, (read_and_touch, {"path": str(files[1])}), record[2], record[3]]
+    run_local(dropped)
+    commands.clear()
+    run_local(dropped)
+    assert [command.startswith("m=$(cat /etc/machine-id") for command in commands] == [True, False, True, False, False, True]

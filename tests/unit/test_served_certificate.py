@@ -62,6 +62,31 @@ def test_fact_sees_an_old_certificate_still_served(certificates, monkeypatch):
     assert state["served"] != state["configured"]
 
 
+def test_the_prefetched_read_keeps_only_the_configured_certificate_served(certificates, monkeypatch):
+    """The prefetch's read (settle=False) does not wait for nginx to hand over: an old or
+    missing certificate exits 3, and the fact is read again, settling, when verify asks."""
+    monkeypatch.setattr(tls_facts, "SERVED_SETTLE_INTERVAL", 30)  # a wait would show
+    paths, snippet = certificates
+    fact = ServedCertificate()
+    arguments = {**ServedCertificate.prefetch_arguments, "port": 0, "domain": "aibots.test", "config": str(snippet)}
+
+    def prefetched(port: int) -> subprocess.CompletedProcess:
+        command = fact.command(**{**arguments, "port": port})
+        return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=20)
+
+    with LocalTLSServer(*paths["new"]) as server:
+        served = prefetched(server.port)
+        port = server.port
+    assert served.returncode == 0
+    state = fact.process(served.stdout.splitlines())
+    assert state["path"] == str(paths["new"][0]) and state["served"] == state["configured"]
+    with LocalTLSServer(*paths["old"]) as server:
+        old = prefetched(server.port)
+    assert (old.returncode, old.stdout) == (3, "")
+    nothing = prefetched(port)  # the server is gone
+    assert (nothing.returncode, nothing.stdout) == (3, "")
+
+
 def test_fact_is_none_when_nothing_is_served_or_named(certificates, tmp_path):
     paths, snippet = certificates
     with LocalTLSServer(*paths["new"]) as server:

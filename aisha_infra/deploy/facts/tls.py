@@ -8,8 +8,6 @@ from datetime import datetime, timezone
 
 from pyinfra.api import FactBase
 
-from aisha_infra.deploy.prefetch import UNTIL_CHANGE
-
 
 class CertificateState(FactBase):
     """
@@ -98,6 +96,7 @@ while :; do
     if [ -z "$served" ] || [ "$served" = "$configured" ] || [ "$tries" -ge {tries} ]; then break; fi
     tries=$((tries + 1)); sleep {interval}
 done
+{unsettled}
 [ -n "$served" ] || exit 0
 echo "path=$path"; echo "configured=$configured"; echo "served=$served"
 """
@@ -108,7 +107,9 @@ class ServedCertificate(FactBase):
     The certificate nginx serves on 127.0.0.1:`port` for SNI `domain` and the one its
     `config` (the file with ssl_certificate) names, as SHA-256 fingerprints; None when
     nothing is served or the file names none. A difference is read again for a few
-    seconds before it counts (a reload made just before is still handing over).
+    seconds before it counts (a reload made just before is still handing over); with
+    ``settle=False`` it is not waited for: the command exits 3 unless nginx serves the
+    configured certificate.
 
     .. code:: python
 
@@ -116,16 +117,17 @@ class ServedCertificate(FactBase):
     """
 
     requires_command = "openssl"
-    # Right after a reload it waits for nginx to hand over, which a prefetch made before the
-    # reload cannot see: served from the prefetch only while the run has changed nothing on
-    # the host, else read when verify asks (aisha_infra/deploy/prefetch.py).
-    prefetch = UNTIL_CHANGE
-    prefetch_cost = 5  # an openssl s_client TLS handshake, tried again while nginx hands over
+    # A prefetch (maybe read before a reload that is still to come) does not wait for nginx
+    # to hand over: it keeps only "serves the configured one"; anything else is read again,
+    # settling, when verify asks (aisha_infra/deploy/prefetch.py).
+    prefetch_arguments = {"settle": False}
+    prefetch_cost = 5  # an openssl s_client TLS handshake
 
-    def command(self, port: int, domain: str, config: str) -> str:
+    def command(self, port: int, domain: str, config: str, settle: bool = True) -> str:
         return _SERVED_VS_CONFIGURED.format(
             config=shlex.quote(config), port=int(port), domain=shlex.quote(domain),
-            tries=SERVED_SETTLE_TRIES, interval=SERVED_SETTLE_INTERVAL,
+            tries=SERVED_SETTLE_TRIES if settle else 0, interval=SERVED_SETTLE_INTERVAL,
+            unsettled="" if settle else '[ -n "$served" ] && [ "$served" = "$configured" ] || exit 3',
         ).strip()
 
     @staticmethod

@@ -122,3 +122,16 @@ def certificate_snippet(
         dest=dest,
         context=certificate_snippet_context(cert, key, source),
     )
+
+
+@operation()
+def reloaded(service: str = "nginx.service"):
+    """
+    Reload nginx for a changed configuration or certificate, if it runs; a stopped one stays
+    stopped (the operation that runs nginx starts it with the new files). Chain it with
+    `_if=`: it reads nothing first (pyinfra's systemd.service asks the unit's state), so
+    the facts after it are read once, after the reload (aisha_infra/deploy/prefetch.py).
+
+    + service: the nginx unit
+    """
+    yield f"systemctl try-reload-or-restart {shlex.quote(service)}"
