@@ -80,6 +80,27 @@ def test_a_converged_host_is_read_in_one_command(deployed_host):
     assert "machine-id" in commands[0] and "openssl s_client" in prefetch_command, commands
 
 
+def test_a_drift_repair_of_the_site_sends_it_reloads_and_reads_once_more(deployed_host):
+    """One file drifted (the bench's case): the prefetch, the checked swap, the reload
+    chained to it, and one read of every fact after the reload, the served certificate too."""
+    drift = f"printf '#' >> {paths.NGINX_SITE_PATH}"
+    deployed_host.host.run(drift)
+    run_deploy(deployed_host.hosts_file).check()  # the run before, remembered
+    deployed_host.host.run(drift)
+    run = run_deploy(deployed_host.hosts_file, "-vv").check()
+    assert set(run.changed_operations) - {"Grand total"} == {
+        "Nginx | Render the webhook site (TLS on 8443), live only if nginx -t passes",
+        "Nginx | Reload nginx for the new configuration or certificate"}
+    commands = [line for line in run.output.splitlines() if line.startswith("[") and "] >>> " in line]
+    assert len(commands) == 4, commands
+    assert "machine-id" in commands[0] and f"{paths.NGINX_SITE_PATH}.aisha-new" in commands[1]
+    assert "systemctl try-reload-or-restart nginx.service" in commands[2]
+    refill = run.output[run.output.index(commands[3]):]
+    assert "machine-id" in commands[3] and "openssl s_client" in refill[:refill.index("Loaded fact")]
+    assert "nginx serves the configured certificate" in run.output
+    assert run_deploy(deployed_host.hosts_file).check().totals["changed"] == 0
+
+
 def test_services_running_and_enabled(deployed_host):
     run = deployed_host.host.run
     for unit in ("nginx.service", "aisha-api.socket", "aisha-api.service", "ufw.service"):
