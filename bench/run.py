@@ -59,8 +59,10 @@ sys.path.insert(0, str(ROOT))
 from aisha_infra.checks import health  # noqa: E402
 from aisha_infra.deploy import paths, rendering  # noqa: E402
 from aisha_infra.deploy.onhost import aisha_watch  # noqa: E402
+from aisha_infra.deploy.operations.app import wanted_tree  # noqa: E402
 from aisha_infra.lab.hosts import Lab, LabHost  # noqa: E402
 from aisha_infra.deploy.settings import build_settings  # noqa: E402
+from aisha_infra.tasks.app import UPLOAD_EXCLUDE_DIR, upload_exclude  # noqa: E402
 from aisha_infra.tasks.packages import PACKAGES  # noqa: E402
 from tests.e2e.deploylib import PYINFRA, DeployRun, write_hosts_file  # noqa: E402
 
@@ -207,16 +209,15 @@ def timed(function, *args, **kwargs) -> tuple[float, object]:
 
 # --- the floors ---------------------------------------------------------------------------
 
-def _app_archive(source: Path) -> bytes:
-    """The backend as the deploy uploads it (no bytecode; the bundled package's own
-    __init__.py stays behind), as one tar.gz."""
+def _app_archive(settings) -> bytes:
+    """The backend as the deploy uploads it (the same walk and exclusions), as one tar.gz."""
+    source = settings.app_source_dir
+    tree = wanted_tree(source, "root", "root", "0644", "0755", upload_exclude(settings), UPLOAD_EXCLUDE_DIR)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in sorted(source.rglob("*")):
-            relative = path.relative_to(source)
-            if "__pycache__" in relative.parts or path.suffix == ".pyc" or relative == Path("__init__.py"):
-                continue
-            tar.add(path, arcname=str(relative), recursive=False)
+        for relative in sorted(tree):
+            if relative:
+                tar.add(source / relative, arcname=relative, recursive=False)
     return buffer.getvalue()
 
 
@@ -259,7 +260,7 @@ def fresh_floor_script(settings, host_name: str) -> str:
     }
     put = [f"put {q(path)} {mode} {owner} {base64.b64encode(content.encode()).decode()}"
            for path, (content, mode, owner) in files.items()]
-    app = base64.b64encode(_app_archive(s.app_source_dir)).decode()
+    app = base64.b64encode(_app_archive(s)).decode()
     cert, key, user = q(s.selfsigned_cert_path), q(s.selfsigned_key_path), q(s.aisha_user)
     ports = [22, s.nginx_http_port, s.nginx_https_port]
     lines = [

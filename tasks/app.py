@@ -26,6 +26,13 @@ UPLOAD_EXCLUDE = ["*.pyc", "__pycache__", ".git", ".venv"]
 UPLOAD_EXCLUDE_DIR = ["__pycache__", "*/__pycache__", ".git", ".venv", ".pytest_cache"]
 
 
+def upload_exclude(settings: Settings) -> list[str]:
+    """What of the app's source is not uploaded (files.sync's `exclude`); the bundled
+    backend is a package of ours only on the control machine: its __init__.py stays."""
+    source = settings.app_source_dir
+    return UPLOAD_EXCLUDE + ([] if settings.app_source else [glob.escape(f"{source}/__init__.py")])
+
+
 class StagedRelease(NamedTuple):
     release: str  # <base>/releases/<release>
     unit_sha1: str  # of its aisha-api.service
@@ -54,8 +61,7 @@ def stage_app() -> StagedRelease:
     made without pip), so it runs while they install."""
     settings = host_settings()
     source = settings.app_source_dir
-    # The bundled backend is a package of ours only on the control machine.
-    exclude = UPLOAD_EXCLUDE + ([] if settings.app_source else [glob.escape(f"{source}/__init__.py")])
+    exclude = upload_exclude(settings)
     unit = rendering.render("systemd/aisha-api.service.j2", rendering.service_context(settings))
     environment = rendering.environment_file(settings)
     jwks = Path(settings.fal_jwks_file).read_bytes() if settings.fal_jwks_file else b""

@@ -414,11 +414,11 @@ def _local_dir_problem(value: Any) -> str | None:
 
 
 def _pem_bundle_problem(value: Any) -> str | None:
-    from cryptography import x509
-
     problem = _file_problem(value)
     if problem or value is None:
         return problem
+    from cryptography import x509  # only when set: it costs ~10 ms to import
+
     try:
         x509.load_pem_x509_certificates(Path(value).expanduser().read_bytes())
     except ValueError:
