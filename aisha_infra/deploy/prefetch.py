@@ -47,6 +47,7 @@ from pyinfra.api.facts import get_fact
 from pyinfra.api.state import BaseStateCallback
 from pyinfra.context import ctx_host
 from pyinfra.facts.files import LINUX_STAT_COMMAND, Directory, File, Link, Sha1File
+from pyinfra.facts.server import TmpDir
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 GROUPS = 4  # parts run at once on the host, each group's one after another
@@ -54,6 +55,9 @@ GROUPS = 4  # parts run at once on the host, each group's one after another
 # `prefetch_cost = 4` for several openssl runs: the slow ones are spread over the groups.
 REFILLS = 3  # refills after changes, a run: a fresh host changes at nearly every step
 # A fact class may give `prefetch_arguments`, added to its arguments in the prefetch only.
+# Read by every prefetch, remembered or not: pyinfra asks TmpDir at a run's first upload
+# (a drift repair after no-op runs would read it on its own).
+ALWAYS = ((TmpDir, {}),)
 # Facts of these modules may be named in the remembered list.
 FACT_MODULES = ("pyinfra.facts.", "aisha_infra.deploy.facts.")
 # The connector arguments that change what a command sees (who runs it, where, with what).
@@ -463,7 +467,8 @@ def prefetch_facts(state, connected=None) -> None:
         with ctx_host.use(host):
             if connected:
                 connected()
-            _read(state, host, facts, facts.remembered)  # a new host: its machine id only
+            always = [fact_key(cls, kwargs) for cls, kwargs in ALWAYS]
+            _read(state, host, facts, facts.remembered + always)  # a new host: its machine id only
 
     reads = _READS.setdefault(state, [])
     for host in state.inventory.get_active_hosts():

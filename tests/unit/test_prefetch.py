@@ -21,7 +21,7 @@ from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_ops
 from pyinfra.connectors.local import LocalConnector
 from pyinfra.facts.files import Directory, File, FileContents, Link, Sha1File
-from pyinfra.facts.server import Os
+from pyinfra.facts.server import Os, TmpDir
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import server
 
@@ -383,3 +383,22 @@ def test_a_change_refills_at_once_a_dropped_refill_waits_for_a_quiet_operation(t
     commands.clear()
     run_local(dropped)
     assert [command.startswith("m=$(cat /etc/machine-id") for command in commands] == [True, False, True, False, False, True]
+
+
+@operation(is_idempotent=True)
+def ask_temp_dir():
+    host.get_fact(TmpDir)  # as pyinfra does at a run's first upload
+    yield from ()
+
+
+def test_the_temporary_directory_is_always_prefetched(tmp_path, monkeypatch):
+    """A drift repair after no-op runs uploads a file: pyinfra's TmpDir, never asked by the
+    runs before, comes with the prefetch."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    target = tmp_path / "there"
+    target.write_text("x")
+    run_local([(record_file, {"path": str(target)})])  # remembered, without TmpDir
+    assert all("TmpDir" not in key for key in prefetch.remembered("@local @local")[1])
+    commands = counting_commands(monkeypatch)
+    run_local([(record_file, {"path": str(target)}), (ask_temp_dir, {})])
+    assert len(commands) == 1 and "machine-id" in commands[0] and "TMPDIR" in commands[0], commands
