@@ -539,7 +539,7 @@ def measure(lab: Lab, project: Path, work: Path, runs: int, noop_runs: int, scal
                        "facts_vv": fact_seconds(counting)},
         }
         log(f"no-op on {count} host(s): median {statistics.median(walls):.2f} s, "
-            f"{results['noop'][count]['commands_per_host']:.0f} commands per host; "
+            f"{plural(results['noop'][count]['commands_per_host'], 'command')} per host; "
             f"floor {statistics.median(floors):.2f} s")
 
     # 4. Drift repair of one file on the first host, against its no-op floor (measured
@@ -564,7 +564,7 @@ def measure(lab: Lab, project: Path, work: Path, runs: int, noop_runs: int, scal
     phases = results["drift"]["phases"]
     results["drift"]["phases"] = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
     log(f"drift repair: median {statistics.median(results['drift']['wall']):.2f} s, "
-        f"{results['drift']['commands_per_host']} commands; floor {statistics.median(results['drift']['floor']):.2f} s")
+        f"{plural(results['drift']['commands_per_host'], 'command')}; floor {statistics.median(results['drift']['floor']):.2f} s")
     results["noop_floor_lines"] = script.count("\n")
     return results
 
