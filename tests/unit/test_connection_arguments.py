@@ -51,6 +51,7 @@ OPERATIONS = {
         dest="/etc/nginx/snippets/aisha-webhook-certificate.conf", selfsigned_cert="/x.crt",
         selfsigned_key="/x.key", letsencrypt_live_dir="/etc/letsencrypt/live/a.test",
         names=["a.test"]), {}),
+    "nginx.reloaded": (nginx.reloaded, lambda tmp: dict(service="nginx.service"), {}),
     "tls.self_signed_certificate": (tls.self_signed_certificate, lambda tmp: dict(
         domain="a.test", cert="/opt/aisha-backend/ssl/a.crt",
         key="/opt/aisha-backend/ssl/a.key", owner="aisha"), {}),
