@@ -52,9 +52,9 @@ from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 GROUPS = 4  # parts run at once on the host, each group's one after another
 # A fact class may say how slow its command is next to a plain one (1), e.g.
-# `prefetch_cost = 4` for several openssl runs: the slow ones are spread over the groups.
+# `prefetch_cost = 4` for several openssl runs: the slow ones are spread over the groups;
+# and give `prefetch_arguments`, added to its arguments in the prefetch only.
 REFILLS = 3  # refills after changes, a run: a fresh host changes at nearly every step
-# A fact class may give `prefetch_arguments`, added to its arguments in the prefetch only.
 # Read by every prefetch, remembered or not: pyinfra asks TmpDir at a run's first upload
 # (a drift repair after no-op runs would read it on its own).
 ALWAYS = ((TmpDir, {}),)
