@@ -201,12 +201,16 @@ def test_diff_shows_a_setting_change_as_one_line_and_the_run_applies_it(deployed
 def test_drift_is_repaired(deployed_host):
     run = deployed_host.host.run
     run("chmod 0644 /opt/aisha-backend/ssl/aibots.test.key && ufw allow 3306/tcp && "
-        "systemctl stop aisha-api.service && echo '# drift' >> /etc/nginx/sites-available/aisha-webhook.conf")
+        "systemctl stop aisha-api.service nginx.service && "
+        "echo '# drift' >> /etc/nginx/sites-available/aisha-webhook.conf")
     try:
         deploy = run_deploy(deployed_host.hosts_file).check()
         assert {"TLS | Private key is 0600 and the service user's",
                 "Firewall | Allow only SSH (22), HTTP (80) and HTTPS (8443)",
-                "App | Run aisha-api.service"} <= set(deploy.changed_operations)
+                "App | Run aisha-api.service",
+                "Nginx | Render the webhook site (TLS on 8443), live only if nginx -t passes",
+                "Nginx | Run nginx"} <= set(deploy.changed_operations)  # a stopped nginx: the reload leaves it, this starts it
+        assert "HTTPS health OK" in deploy.output
     finally:
         assert run("stat -c %a /opt/aisha-backend/ssl/aibots.test.key").stdout.strip() == "600"
     assert "3306" not in run("ufw show added").stdout
