@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import compileall
 import datetime
 import io
 import json
@@ -443,9 +444,13 @@ def git_revision(project: Path) -> str:
 
 def snapshot(project: Path, dest: Path) -> Path:
     """A copy of the deploy as it is now (code, tasks, templates), measured instead of the
-    live tree that others may be editing."""
+    live tree that others may be editing; compiled as `make venv` and pip install compile
+    it (pyinfra writes no bytecode itself)."""
     ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".pytest_cache", "*.egg-info", "bench")
     shutil.copytree(project, dest, ignore=ignore, symlinks=True)
+    for package in ("aisha_infra", "tasks"):  # aisha_infra/tasks is a link, which compileall skips
+        if not compileall.compile_dir(dest / package, quiet=1):
+            raise RuntimeError(f"could not compile {dest / package}")
     return dest
 
 

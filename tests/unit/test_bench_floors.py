@@ -4,6 +4,7 @@ the deploy's own rendered files and packages. Speed itself is measured by `make 
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 from aisha_infra.deploy import paths
 from aisha_infra.tasks.packages import PACKAGES
@@ -36,3 +37,14 @@ def test_fresh_floor_does_the_whole_job():
     for step in ("ufw --force enable", "nginx -t -q && systemctl reload nginx", "systemctl restart aisha-api.service",
                  "openssl req -x509", "systemctl start aisha-watch.service"):
         assert step in script, step
+
+
+def test_the_measured_snapshot_is_compiled_as_an_install_is(tmp_path):
+    """pyinfra writes no bytecode: a snapshot without it would compile the deploy's modules on
+    every run, which no installed copy does."""
+    bench = load_bench()
+    project = bench.snapshot(PROJECT_ROOT, tmp_path / "project")
+    for module in ("aisha_infra/deploy/prefetch.py", "aisha_infra/tasks/webhook_host.py", "tasks/nginx.py"):
+        source = project / module
+        assert Path(importlib.util.cache_from_source(str(source))).is_file(), module
+    assert not (project / "aisha_infra" / "backend" / "__pycache__").exists()  # uploaded as it is
