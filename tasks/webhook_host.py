@@ -16,6 +16,7 @@ files. Everything after the wait needs them (nginx, openssl, ufw, certbot).
 from pyinfra import host
 
 from aisha_infra.deploy.config import check_supported_systems, host_settings
+from aisha_infra.deploy.frozen_imports import freeze_imports
 from aisha_infra.deploy.operation_order import order_operations_without_source
 from aisha_infra.deploy.prefetch import prefetch_facts
 from aisha_infra.tasks.app import can_serve_before_packages, serve_app, stage_app
@@ -42,6 +43,7 @@ def deploy_webhook_host():
     Connection arguments (_sudo, ...) come from host data, as for any deploy file."""
     settings = host_settings()
     order_operations_without_source()
+    freeze_imports()
     # Every host's facts of its last run, one command each; first, Nagle off on each connection.
     prefetch_facts(host.state, connected=send_without_delay)
     check_supported_systems(host.state)
