@@ -25,6 +25,14 @@ def packages_for(settings: Settings) -> list[str]:
     return PACKAGES + (LETSENCRYPT_PACKAGES if settings.tls_mode == "letsencrypt" else [])
 
 
+def packages_removed(settings: Settings) -> list[str]:
+    """Removed where installed: the retired ones, and certbot from a host switched to
+    self-signed, whose timer would go on renewing a certificate nginx no longer serves (and
+    alert when that fails). Its certificates stay in /etc/letsencrypt: switched back, the
+    host serves them again without a new issuance."""
+    return RETIRED_PACKAGES + ([] if settings.tls_mode == "letsencrypt" else LETSENCRYPT_PACKAGES)
+
+
 @deploy("Packages", data_defaults=DEFAULTS)
 def start_installing_packages():
     """Starts apt in the background (a fresh host spends most of its provision there);
@@ -35,7 +43,7 @@ def start_installing_packages():
     return packages_install_started(
         name=f"Install {', '.join(packages)}",
         packages=packages,
-        removed=RETIRED_PACKAGES,
+        removed=packages_removed(settings),
         lock_wait=settings.apt_lock_timeout,
     )
 

@@ -243,6 +243,28 @@ def test_diagnose_finds_nothing_wrong_then_the_missing_intermediate(scenario):
     assert diagnose(scenario)[0] == 0
 
 
+def test_switched_to_self_signed_and_back_serves_the_same_certificate(scenario):
+    """tls_mode back to self-signed: certbot goes (its timer would go on renewing a
+    certificate nginx no longer serves), /etc/letsencrypt stays; switched back, the same
+    certificate serves again without asking the ACME server."""
+    serial = served_certificate(scenario.host.address).serial_number
+    self_signed = {"tls_mode": "self-signed", "verify_ca_bundle": None}  # checked against the deployed one
+    run = scenario.deploy(**self_signed).check()
+    assert "TLS state: OK" in run.output
+    served = served_certificate(scenario.host.address)
+    assert served.issuer == served.subject
+    assert scenario.host.run("dpkg-query -W -f '${Status}' certbot", check=False).stdout.strip() != "install ok installed"
+    assert scenario.host.run("systemctl is-active certbot.timer", check=False).stdout.strip() != "active"
+    assert scenario.host.run(f"test -s /etc/letsencrypt/live/{DOMAIN}/fullchain.pem", check=False).returncode == 0
+    assert scenario.deploy(**self_signed).check().totals["changed"] == 0
+
+    back = scenario.deploy().check()  # (Pebble keeps running: its root is new at every start)
+    assert "requesting a certificate" not in back.output and "TLS state: OK" in back.output
+    assert served_certificate(scenario.host.address).serial_number == serial
+    assert scenario.host.run("systemctl is-active certbot.timer", check=False).stdout.strip() == "active"
+    assert scenario.deploy().check().totals["changed"] == 0
+
+
 def test_carry_over_serves_the_same_certificate_without_the_acme_server(scenario, lab, tmp_path):
     archive = tmp_path / "letsencrypt.tar.gz"
     export = subprocess.run([AISHA_INFRA, "certs", "export", scenario.host.address, "--out", str(archive),

@@ -24,7 +24,7 @@ from aisha_infra.deploy.operations.nginx import site_config
 from aisha_infra.deploy.settings import SettingsError, build_settings
 from aisha_infra.tasks import app as app_tasks
 from aisha_infra.tasks import firewall
-from aisha_infra.tasks.packages import PACKAGES, packages_for
+from aisha_infra.tasks.packages import PACKAGES, packages_for, packages_removed
 from tests.unit.fakehost import FakeHost, run_operation
 
 DOMAIN = {"aisha_domain": "aibots.test"}
@@ -72,9 +72,10 @@ def test_what_an_interrupted_run_left_is_cleared_without_a_new_install():
 @pytest.mark.parametrize("mode, certbot", [("self-signed", False), ("letsencrypt", True)])
 def test_certbot_only_in_letsencrypt_mode(mode, certbot):
     settings = build_settings({**DOMAIN, "tls_mode": mode, "letsencrypt_email": "ops@aibots.test"})
-    wanted = packages_for(settings)
-    assert ("certbot" in wanted) is certbot
-    assert "python3-certbot-nginx" not in wanted and set(PACKAGES) <= set(wanted)
+    wanted, removed = packages_for(settings), packages_removed(settings)
+    assert ("certbot" in wanted) is certbot and ("certbot" in removed) is not certbot  # a host switched to self-signed
+    assert "python3-certbot-nginx" not in wanted and "python3-certbot-nginx" in removed
+    assert set(PACKAGES) <= set(wanted) and not set(wanted) & set(removed)
 
 
 def _fake_tools(tmp: Path, locked_runs: int, message: str) -> dict:
