@@ -13,7 +13,7 @@ $(BIN)/pyinfra: pyproject.toml
 	touch $@
 
 # pyinfra never writes bytecode (sys.dont_write_bytecode), and an editable install compiles
-# nothing: without this every run compiled the deploy's modules again (~0.25 s of CPU).
+# nothing: without this every run compiled the deploy's modules again (~0.1 s of CPU).
 # Quick when nothing changed; pip install (not -e) compiles by itself.
 venv: $(BIN)/pyinfra
 	@$(BIN)/python -m compileall -q aisha_infra tasks >/dev/null

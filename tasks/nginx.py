@@ -5,14 +5,13 @@ from pyinfra.operations.util import any_changed
 from aisha_infra.deploy import paths, rendering
 from aisha_infra.deploy.config import host_settings
 from aisha_infra.deploy.operations import nginx
-from aisha_infra.deploy.operations.nginx import certificate_snippet, site_config
 from aisha_infra.deploy.settings import DEFAULTS, Settings
 
 
 def point_site_at_certificate(settings: Settings, name: str):
     """The certificate snippet: Let's Encrypt's files once they exist (letsencrypt mode),
     the self-signed pair until then."""
-    return certificate_snippet(
+    return nginx.certificate_snippet(
         name=name,
         dest=paths.NGINX_CERT_SNIPPET_PATH,
         selfsigned_cert=settings.selfsigned_cert_path,
@@ -48,7 +47,7 @@ def configure_site(certificate_changes: list | tuple = ()):
     )
     snippet = point_site_at_certificate(settings, name="Point the site at its certificate")
     # HTTP/2 syntax from nginx's own version, read on the host (site_config)
-    site = site_config(
+    site = nginx.site_config(
         name=f"Render the webhook site (TLS on {settings.nginx_https_port}), live only if nginx -t passes",
         template="nginx/aisha-webhook.conf.j2",
         dest=paths.NGINX_SITE_PATH,
