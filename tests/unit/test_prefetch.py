@@ -203,14 +203,7 @@ def test_a_run_without_changes_reads_its_facts_once(tmp_path, monkeypatch):
     target.write_text("x")
     operations = [(record_file, {"path": str(target)})] * 3
     run_local(operations)
-    commands = []
-    run_shell_command = LocalConnector.run_shell_command
-
-    def counting(self, command, *args, **kwargs):
-        commands.append(str(command))
-        return run_shell_command(self, command, *args, **kwargs)
-
-    monkeypatch.setattr(LocalConnector, "run_shell_command", counting)
+    commands = counting_commands(monkeypatch)
     os.utime(target, (0, 0))  # a change made outside the run, before it: seen by the prefetch
     SEEN.clear()
     run_local(operations)
